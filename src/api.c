@@ -1,0 +1,402 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *		SQL-callable functions written in C: slots, filter validation, and
+ *		the statistics behind pg_stat_capture.
+ *
+ * The rest of the SQL API is PL/pgSQL in sql/sequin_cdc--*.sql; what needs
+ * the slot machinery, the parser or shared memory is here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/relation.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_publication.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/slot.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+#include "utils/varlena.h"
+
+#include "compat.h"
+#include "filter.h"
+#include "sequin_cdc.h"
+
+PG_FUNCTION_INFO_V1(sequin_cdc_check_preload);
+PG_FUNCTION_INFO_V1(sequin_cdc_create_slot);
+PG_FUNCTION_INFO_V1(sequin_cdc_drop_slot);
+PG_FUNCTION_INFO_V1(sequin_cdc_validate_filter);
+PG_FUNCTION_INFO_V1(sequin_cdc_invalidate_relation);
+PG_FUNCTION_INFO_V1(sequin_cdc_capture_stats);
+PG_FUNCTION_INFO_V1(sequin_cdc_plugin_allowed);
+
+Datum
+sequin_cdc_check_preload(PG_FUNCTION_ARGS)
+{
+	sequin_cdc_require_preload();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Does output_plugin_libraries (PostgreSQL 15.19 and later minor releases)
+ * allow our plugin?  Servers without the setting allow every plugin.
+ */
+static bool
+plugin_allowed(const char **setting)
+{
+	const char *value = GetConfigOption("output_plugin_libraries", true, false);
+	char	   *copy;
+	List	   *names;
+	ListCell   *lc;
+	bool		found = false;
+
+	*setting = value;
+	if (value == NULL)
+		return true;
+	copy = pstrdup(value);
+	if (!SplitIdentifierString(copy, ',', &names))
+		return false;
+	foreach(lc, names)
+	{
+		const char *n = lfirst(lc);
+
+		if (strcmp(n, SEQUIN_CDC_PLUGIN) == 0 || strcmp(n, "*") == 0)
+			found = true;
+	}
+	return found;
+}
+
+Datum
+sequin_cdc_plugin_allowed(PG_FUNCTION_ARGS)
+{
+	const char *setting;
+
+	PG_RETURN_BOOL(plugin_allowed(&setting));
+}
+
+static void
+check_slot_privilege(const char *slot_name)
+{
+	if (!superuser() && !has_rolreplication(GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to manage replication slot \"%s\"", slot_name),
+				 errdetail("Only superusers and roles with the REPLICATION attribute may create or drop replication slots."),
+				 errhint("Run it as a superuser, or grant the attribute with ALTER ROLE %s REPLICATION.",
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+}
+
+/*
+ * create_slot(slot name, publication name) returns pg_lsn
+ *
+ * Checks everything a user can get wrong first, each with its own hint,
+ * then creates the logical slot with our plugin, records it, and wakes the
+ * launcher, which starts the capture worker at once.  Returns the LSN from
+ * which changes are captured.
+ */
+Datum
+sequin_cdc_create_slot(PG_FUNCTION_ARGS)
+{
+	Name		slot = PG_GETARG_NAME(0);
+	Name		publication = PG_GETARG_NAME(1);
+	const char *setting;
+	int			in_use = 0;
+	LogicalDecodingContext *ctx;
+	XLogRecPtr	lsn;
+	char		origin_name[NAMEDATALEN + 16];
+
+	sequin_cdc_require_preload();
+
+	if (wal_level < WAL_LEVEL_LOGICAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("logical decoding requires wal_level = logical"),
+				 errdetail("The server runs with wal_level = %s.",
+						   GetConfigOption("wal_level", false, false)),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+	if (!plugin_allowed(&setting))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("output_plugin_libraries does not allow the output plugin \"%s\"",
+						SEQUIN_CDC_PLUGIN),
+				 errdetail("output_plugin_libraries is \"%s\".", setting),
+				 errhint("Add sequin_cdc to output_plugin_libraries in postgresql.conf, for example output_plugin_libraries = '%s, sequin_cdc', and reload the configuration.",
+						 setting)));
+	check_slot_privilege(NameStr(*slot));
+	ReplicationSlotValidateName(NameStr(*slot), ERROR);
+
+	if (!OidIsValid(get_publication_oid(NameStr(*publication), true)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("publication \"%s\" does not exist", NameStr(*publication)),
+				 errhint("Create it first with sequin_cdc.create_publication(), and commit it: a slot created before its publication can miss changes.")));
+
+	if (SearchNamedReplicationSlot(NameStr(*slot), true) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("replication slot \"%s\" already exists", NameStr(*slot)),
+				 errhint("Choose another name, or drop the existing slot first (sequin_cdc.drop_slot() for a sequin_cdc slot, pg_drop_replication_slot() otherwise).")));
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+		if (ReplicationSlotCtl->replication_slots[i].in_use)
+			in_use++;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (in_use >= max_replication_slots)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("all replication slots are in use"),
+				 errdetail("max_replication_slots is %d.", max_replication_slots),
+				 errhint("Drop a slot that is no longer needed, or raise max_replication_slots and restart the server.")));
+
+	if (IsTransactionBlock() || TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("create_slot cannot run inside a transaction block"),
+				 errhint("Run SELECT sequin_cdc.create_slot(...) as a statement of its own, after the publication is committed.")));
+
+	CheckLogicalDecodingRequirements();
+
+	/*
+	 * As pg_create_logical_replication_slot: ephemeral until a consistent
+	 * start point is found, so an error leaves nothing behind.
+	 */
+	sequin_cdc_slot_create(NameStr(*slot));
+	ctx = CreateInitDecodingContext(SEQUIN_CDC_PLUGIN, NIL, false,
+									InvalidXLogRecPtr,
+									XL_ROUTINE(.page_read = read_local_xlog_page,
+											   .segment_open = wal_segment_open,
+											   .segment_close = wal_segment_close),
+									NULL, NULL, NULL);
+	DecodingContextFindStartpoint(ctx);
+	lsn = MyReplicationSlot->data.confirmed_flush;
+	FreeDecodingContext(ctx);
+	ReplicationSlotPersist();
+	ReplicationSlotRelease();
+
+	PG_TRY();
+	{
+		Oid			argtypes[2] = {NAMEOID, NAMEOID};
+		Datum		args[2] = {NameGetDatum(slot), NameGetDatum(publication)};
+		RepOriginId origin;
+
+		/* a fresh origin: progress of an older slot of this name is void */
+		sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
+		origin = replorigin_by_name(origin_name, true);
+		if (origin != InvalidRepOriginId)
+			replorigin_drop_by_name(origin_name, true, true);
+		replorigin_create(origin_name);
+
+		SPI_connect();
+		SPI_execute_with_args("INSERT INTO sequin_cdc.slots (slot_name, publication) "
+							  "VALUES ($1, $2) ON CONFLICT (slot_name) DO UPDATE "
+							  "SET publication = excluded.publication, created_at = now()",
+							  2, argtypes, args, NULL, false, 0);
+		SPI_finish();
+	}
+	PG_CATCH();
+	{
+		ReplicationSlotDrop(NameStr(*slot), true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	sequin_cdc_wake_launcher();
+	PG_RETURN_LSN(lsn);
+}
+
+/*
+ * drop_slot(slot name)
+ *
+ * Asks the slot's capture worker to stop, waits until it has released the
+ * slot, then drops the slot, its replication origin and its row.
+ */
+Datum
+sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
+{
+	Name		slot = PG_GETARG_NAME(0);
+	ReplicationSlot *s;
+	bool		ours;
+	int			idx;
+	char		origin_name[NAMEDATALEN + 16];
+
+	sequin_cdc_require_preload();
+	check_slot_privilege(NameStr(*slot));
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(NameStr(*slot), false);
+	ours = s && strcmp(NameStr(s->data.plugin), SEQUIN_CDC_PLUGIN) == 0;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (s == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("replication slot \"%s\" does not exist", NameStr(*slot)),
+				 errhint("sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.")));
+	if (!ours)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("replication slot \"%s\" is not a sequin_cdc slot", NameStr(*slot)),
+				 errhint("Drop it with pg_drop_replication_slot() if you mean to.")));
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	idx = sequin_cdc_find_slot_entry(NameStr(*slot));
+	if (idx >= 0)
+	{
+		SequinCdcShared_state->slots[idx].drop_requested = true;
+		if (SequinCdcShared_state->slots[idx].latch)
+			SetLatch(SequinCdcShared_state->slots[idx].latch);
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+
+	PG_TRY();
+	{
+		/* waits for the worker to release the slot */
+		ReplicationSlotDrop(NameStr(*slot), false);
+	}
+	PG_CATCH();
+	{
+		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+		if (idx >= 0)
+			SequinCdcShared_state->slots[idx].drop_requested = false;
+		LWLockRelease(SequinCdcShared_state->lock);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
+	replorigin_drop_by_name(origin_name, true, false);
+
+	{
+		Oid			argtypes[1] = {NAMEOID};
+		Datum		args[1] = {NameGetDatum(slot)};
+
+		SPI_connect();
+		SPI_execute_with_args("DELETE FROM sequin_cdc.slots WHERE slot_name = $1",
+							  1, argtypes, args, NULL, false, 0);
+		SPI_finish();
+	}
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	if (idx >= 0 && strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name),
+						   NameStr(*slot)) == 0)
+		memset(&SequinCdcShared_state->slots[idx], 0, sizeof(CaptureSlotShared));
+	LWLockRelease(SequinCdcShared_state->lock);
+	sequin_cdc_wake_launcher();
+	PG_RETURN_VOID();
+}
+
+/*
+ * _validate_filter(source regclass, filter text): raises the parse error a
+ * bad filter deserves, at add_change_retention time.
+ */
+Datum
+sequin_cdc_validate_filter(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *filter = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Relation	rel = relation_open(relid, AccessShareLock);
+
+	(void) sequin_cdc_parse_filter(rel, filter);
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * _invalidate_relation(regclass): send a relcache invalidation for the
+ * table and its partitions at commit.  The decoders replay it at this
+ * transaction's place in the stream, which is how a new or dropped
+ * retention rule takes effect exactly from its commit.
+ */
+Datum
+sequin_cdc_invalidate_relation(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	ListCell   *lc;
+
+	foreach(lc, find_all_inheritors(relid, NoLock, NULL))
+		CacheInvalidateRelcacheByRelid(lfirst_oid(lc));
+	PG_RETURN_VOID();
+}
+
+static const char *
+state_name(CaptureState s)
+{
+	switch (s)
+	{
+		case CAPTURE_STOPPED:
+			return "stopped";
+		case CAPTURE_STARTING:
+			return "starting";
+		case CAPTURE_STREAMING:
+			return "streaming";
+		case CAPTURE_WAITING:
+			return "waiting for configuration";
+	}
+	return "unknown";
+}
+
+/*
+ * _capture_stats(): one row per slot the launcher serves, copied out of
+ * shared memory.  The view pg_stat_capture joins it with
+ * pg_replication_slots.
+ */
+Datum
+sequin_cdc_capture_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			n;
+	CaptureSlotShared *copy;
+
+	sequin_cdc_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	n = SequinCdcShared_state->nslots;
+	copy = palloc(sizeof(CaptureSlotShared) * n);
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	memcpy(copy, SequinCdcShared_state->slots, sizeof(CaptureSlotShared) * n);
+	LWLockRelease(SequinCdcShared_state->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		CaptureSlotShared *e = &copy[i];
+		Datum		values[11];
+		bool		nulls[11];
+
+		if (!e->in_use)
+			continue;
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum(NameStr(e->slot_name));
+		values[1] = ObjectIdGetDatum(e->dboid);
+		values[2] = Int32GetDatum(e->pid);
+		nulls[2] = e->pid == 0;
+		values[3] = CStringGetTextDatum(state_name(e->pid ? e->state : CAPTURE_STOPPED));
+		values[4] = Int64GetDatum((int64) e->changes_captured);
+		values[5] = Int64GetDatum((int64) e->transactions_captured);
+		values[6] = LSNGetDatum(e->last_decoded_lsn);
+		nulls[6] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
+		values[7] = TimestampTzGetDatum(e->last_commit_time);
+		nulls[7] = e->last_commit_time == 0;
+		values[8] = Int64GetDatum((int64) e->errors);
+		values[9] = CStringGetTextDatum(e->last_error);
+		nulls[9] = e->last_error[0] == '\0';
+		values[10] = TimestampTzGetDatum(e->last_error_time);
+		nulls[10] = e->last_error_time == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,452 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *		The capture worker: consumes one slot in-process and writes its
+ *		changes, exactly once and in commit order.
+ *
+ * The loop has the shape of pg_logical_slot_get_changes_guts: read WAL up
+ * to the flush pointer with XLogReadRecord and feed it to
+ * LogicalDecodingProcessRecord, with this library as the output plugin
+ * (decode.c), which renders the captured rows into a ChangeBuffer.  Then,
+ * because the plugin's callbacks cannot write, the worker writes the
+ * buffered rows in one transaction of its own, grouping many source
+ * transactions, and only after that commit is flushed does it confirm the
+ * slot.
+ *
+ * Exactly once: the write transaction also advances a replication origin
+ * (replorigin_session_origin_lsn = end of the last source commit written),
+ * atomically with the rows, as the core apply worker does.  On start,
+ * decoding begins at that origin position, so source transactions whose
+ * rows were committed are skipped even when the slot, whose position is
+ * saved only at checkpoints, went back after a crash.
+ *
+ * The worker's own writes carry its origin, and the plugin filters those
+ * origins out, so change rows are never captured again.
+ *
+ * Decoding runs under historic snapshots and leaves historic entries in
+ * the caches; writing runs in normal transactions.  Caches are flushed at
+ * each switch, as pg_logical_slot_get_changes does.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "change_buffer.h"
+#include "change_writer.h"
+#include "compat.h"
+#include "decode.h"
+#include "sequin_cdc.h"
+
+typedef struct CaptureConfig
+{
+	char		slot_name[NAMEDATALEN];
+	char	   *publication;
+	pg_uuid_t	database_id;
+} CaptureConfig;
+
+static int	my_index = -1;
+static CaptureSlotShared *my_entry = NULL;
+static LogicalDecodingContext *decoding_ctx = NULL;
+
+static void
+set_state(CaptureState state)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	my_entry->state = state;
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+static bool
+drop_requested(void)
+{
+	bool		r;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	r = my_entry->drop_requested;
+	LWLockRelease(SequinCdcShared_state->lock);
+	return r;
+}
+
+static void
+capture_detach(int code, Datum arg)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	if (my_entry->pid == MyProcPid)
+	{
+		my_entry->pid = 0;
+		my_entry->latch = NULL;
+		my_entry->state = CAPTURE_STOPPED;
+		my_entry->origin = InvalidRepOriginId;
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+/* errcontext: which slot, where in the WAL, which transaction and table */
+static void
+capture_error_context(void *arg)
+{
+	CaptureConfig *cfg = arg;
+
+	if (decoding_ctx && decoding_ctx->reader)
+	{
+		XLogRecPtr	lsn = decoding_ctx->reader->ReadRecPtr;
+
+		if (TransactionIdIsValid(sequin_cdc_decode_position.xid) &&
+			sequin_cdc_decode_position.relname)
+			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X, transaction %u, relation \"%s\"",
+					   cfg->slot_name, LSN_FORMAT_ARGS(lsn),
+					   sequin_cdc_decode_position.xid,
+					   sequin_cdc_decode_position.relname);
+		else
+			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X",
+					   cfg->slot_name, LSN_FORMAT_ARGS(lsn));
+	}
+	else
+		errcontext("sequin_cdc capture of slot \"%s\"", cfg->slot_name);
+}
+
+/*
+ * Read the slot's configuration: its publication and the database id.
+ * Returns false while the extension or the slot's row is missing.
+ */
+static bool
+load_config(CaptureConfig *cfg, MemoryContext cxt)
+{
+	bool		ok = false;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("sequin_cdc", true)))
+	{
+		Oid			argtypes[1] = {NAMEOID};
+		Datum		args[1];
+		NameData	n;
+
+		namestrcpy(&n, cfg->slot_name);
+		args[0] = NameGetDatum(&n);
+		SPI_connect();
+		if (SPI_execute_with_args("SELECT s.publication::text, d.id "
+								  "FROM sequin_cdc.slots s, sequin_cdc.database_identity d "
+								  "WHERE s.slot_name = $1",
+								  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+		{
+			bool		isnull;
+			Datum		pub = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+			cfg->publication = MemoryContextStrdup(cxt, TextDatumGetCString(pub));
+			memcpy(&cfg->database_id, DatumGetUUIDP(id), sizeof(pg_uuid_t));
+			ok = true;
+		}
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return ok;
+}
+
+static RepOriginId
+setup_origin(const char *slot_name)
+{
+	char		name[NAMEDATALEN + 16];
+	RepOriginId origin;
+
+	sequin_cdc_origin_name(slot_name, name, sizeof(name));
+	StartTransactionCommand();
+	origin = replorigin_by_name(name, true);
+	if (origin == InvalidRepOriginId)
+		origin = replorigin_create(name);
+	CommitTransactionCommand();
+	sequin_cdc_replorigin_session_setup(origin);
+	replorigin_session_origin = origin;
+	return origin;
+}
+
+/*
+ * Decode until the flush pointer, a full batch, or batch_delay: whichever
+ * comes first.  The buffer then holds only whole transactions, since the
+ * plugin sees a transaction's changes all at once, when its commit is
+ * decoded.
+ */
+static void
+decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	int			n = 0;
+
+	pgstat_report_activity(STATE_RUNNING, "decoding");
+	while (ctx->reader->EndRecPtr < upto)
+	{
+		char	   *errm = NULL;
+		XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
+
+		if (errm)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("could not read WAL for logical decoding: %s", errm)));
+		if (record != NULL)
+			LogicalDecodingProcessRecord(ctx, ctx->reader);
+		CHECK_FOR_INTERRUPTS();
+
+		if (buf->nrows >= (uint64) sequin_cdc_batch_changes)
+			break;
+		if (++n % 256 == 0 &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), sequin_cdc_batch_delay))
+			break;
+	}
+}
+
+/*
+ * Write the buffered rows and the origin progress in one transaction, and
+ * make sure that commit is on disk before anyone confirms the slot.
+ */
+static void
+write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
+{
+	ChangeWriter *w;
+	uint64		rows;
+
+	pgstat_report_activity(STATE_RUNNING, "writing change rows");
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	w = change_writer_begin(&cfg->database_id);
+	change_buffer_replay(buf, change_writer_put, w);
+	rows = change_writer_end(w);
+	PopActiveSnapshot();
+
+	replorigin_session_origin_lsn = buf->last_commit_end;
+	replorigin_session_origin_timestamp = buf->last_commit_time;
+	CommitTransactionCommand();
+	replorigin_session_origin_lsn = InvalidXLogRecPtr;
+	replorigin_session_origin_timestamp = 0;
+	if (rows > 0)
+		XLogFlush(XactLastCommitEnd);
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	my_entry->changes_captured += rows;
+	my_entry->transactions_captured += buf->ntxns;
+	my_entry->last_commit_time = buf->last_commit_time;
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+static void
+capture_loop(CaptureConfig *cfg, MemoryContext cxt)
+{
+	ChangeBuffer *buf;
+	LogicalDecodingContext *ctx;
+	XLogRecPtr	startpos;
+	RepOriginId origin;
+	List	   *options;
+	bool		caches_historic = false;
+
+	origin = setup_origin(cfg->slot_name);
+	startpos = replorigin_session_get_progress(false);
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	my_entry->origin = origin;
+	LWLockRelease(SequinCdcShared_state->lock);
+
+	sequin_cdc_slot_acquire(cfg->slot_name);
+
+	buf = change_buffer_create(cxt, (Size) sequin_cdc_buffer_memory * 1024);
+	sequin_cdc_decode_target = buf;
+	options = list_make1(makeDefElem("publication",
+									 (Node *) makeString(cfg->publication), -1));
+
+	/*
+	 * Starting at the origin's position skips the transactions already
+	 * written; CreateDecodingContext moves it up to the slot's confirmed
+	 * position when that is further.
+	 */
+	ctx = CreateDecodingContext(startpos, options, false,
+								XL_ROUTINE(.page_read = read_local_xlog_page,
+										   .segment_open = wal_segment_open,
+										   .segment_close = wal_segment_close),
+								NULL, NULL, NULL);
+	decoding_ctx = ctx;
+	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
+	InvalidateSystemCaches();
+
+	set_state(CAPTURE_STREAMING);
+	ereport(LOG,
+			(errmsg("sequin_cdc capture of slot \"%s\" started at %X/%X",
+					cfg->slot_name, LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush))));
+
+	for (;;)
+	{
+		XLogRecPtr	flush;
+		XLogRecPtr	end;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			buf->mem_limit = (Size) sequin_cdc_buffer_memory * 1024;
+		}
+		if (drop_requested())
+			break;
+
+		flush = sequin_cdc_flush_ptr();
+		if (ctx->reader->EndRecPtr >= flush)
+		{
+			pgstat_report_activity(STATE_IDLE, NULL);
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 sequin_cdc_poll_interval, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
+		}
+
+		if (!caches_historic)
+		{
+			InvalidateSystemCaches();
+			caches_historic = true;
+		}
+		decode_batch(ctx, buf, flush);
+		end = ctx->reader->EndRecPtr;
+
+		if (buf->nrows > 0)
+		{
+			InvalidateSystemCaches();
+			caches_historic = false;
+			write_batch(cfg, buf);
+			change_buffer_reset(buf);
+		}
+
+		/*
+		 * Everything before end is written or of no interest: confirm it,
+		 * never backwards (decoding restarts before the confirmed point).
+		 */
+		if (end > MyReplicationSlot->data.confirmed_flush)
+		{
+			LogicalConfirmReceivedLocation(end);
+			ReplicationSlotMarkDirty();
+		}
+
+		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+		my_entry->last_decoded_lsn = end;
+		my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
+		LWLockRelease(SequinCdcShared_state->lock);
+	}
+
+	ereport(LOG,
+			(errmsg("sequin_cdc capture of slot \"%s\" stopping: the slot is being dropped",
+					cfg->slot_name)));
+	FreeDecodingContext(ctx);
+	decoding_ctx = NULL;
+	sequin_cdc_decode_target = NULL;
+	ReplicationSlotRelease();
+}
+
+void
+sequin_cdc_capture_main(Datum arg)
+{
+	CaptureConfig cfg;
+	Oid			dboid;
+	MemoryContext cxt;
+	ErrorContextCallback errcb;
+
+	my_index = DatumGetInt32(arg);
+	memset(&cfg, 0, sizeof(cfg));
+	strlcpy(cfg.slot_name, MyBgworkerEntry->bgw_extra, NAMEDATALEN);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	my_entry = &SequinCdcShared_state->slots[my_index];
+	if (!my_entry->in_use || strcmp(NameStr(my_entry->slot_name), cfg.slot_name) != 0)
+	{
+		LWLockRelease(SequinCdcShared_state->lock);
+		proc_exit(0);			/* the slot went away before we started */
+	}
+	dboid = my_entry->dboid;
+	my_entry->pid = MyProcPid;
+	my_entry->latch = MyLatch;
+	my_entry->state = CAPTURE_STARTING;
+	LWLockRelease(SequinCdcShared_state->lock);
+	before_shmem_exit(capture_detach, (Datum) 0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	{
+		char		appname[NAMEDATALEN + 32];
+
+		snprintf(appname, sizeof(appname), "sequin_cdc capture %s", cfg.slot_name);
+		pgstat_report_appname(appname);
+	}
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "sequin_cdc capture",
+								ALLOCSET_DEFAULT_SIZES);
+
+	errcb.callback = capture_error_context;
+	errcb.arg = &cfg;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	PG_TRY();
+	{
+		/* wait for the extension and the slot's row (e.g. a restore) */
+		while (!load_config(&cfg, cxt))
+		{
+			set_state(CAPTURE_WAITING);
+			if (drop_requested())
+				proc_exit(0);
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 5000, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		capture_loop(&cfg, cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* record the error for pg_stat_capture, then die with it */
+		HOLD_INTERRUPTS();
+		LWLockReleaseAll();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+		my_entry->errors++;
+		my_entry->last_error_time = GetCurrentTimestamp();
+		strlcpy(my_entry->last_error, edata->message ? edata->message : "unknown error",
+				SEQUIN_CDC_ERROR_LEN);
+		LWLockRelease(SequinCdcShared_state->lock);
+		RESUME_INTERRUPTS();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	error_context_stack = errcb.previous;
+	proc_exit(0);
+}

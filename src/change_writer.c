@@ -1,0 +1,279 @@
+/*-------------------------------------------------------------------------
+ *
+ * change_writer.c
+ *		Inserting change rows into change tables, inside the capture
+ *		worker's write transaction.
+ *
+ * Rows go through the executor's simple-insert path (as the logical
+ * replication apply worker does), so constraints, indexes, triggers and
+ * partition routing of the change table are honoured.  id and seq come
+ * from one nextval of the table's id sequence: the worker is the single
+ * writer of its change tables and appends in stream order, so seq is
+ * unique and strictly increasing in commit order, and id order is seq
+ * order.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/execPartition.h"
+#include "executor/executor.h"
+#include "nodes/makefuncs.h"
+#include "parser/parsetree.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "change_writer.h"
+#include "sequin_cdc.h"
+
+/* The change-row columns we fill, by name */
+enum
+{
+	COL_ID, COL_SEQ, COL_DB, COL_OID, COL_SCHEMA, COL_TABLE, COL_PK,
+	COL_RECORD, COL_CHANGES, COL_ACTION, COL_ANNOTATIONS, COL_COMMITTED,
+	COL_INSERTED, NCOLS
+};
+
+static const char *const column_names[NCOLS] = {
+	"id", "seq", "source_database_id", "source_table_oid",
+	"source_table_schema", "source_table_name", "record_pk", "record",
+	"changes", "action", "transaction_annotations", "committed_at",
+	"inserted_at"
+};
+
+typedef struct WriteTarget
+{
+	Oid			relid;			/* hash key */
+	bool		missing;		/* the table was dropped */
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	ModifyTableState *mtstate;	/* for partition routing */
+	PartitionTupleRouting *proute;
+	TupleTableSlot *slot;
+	Oid			seqoid;
+	AttrNumber	col[NCOLS];		/* 0 = table has no such column */
+} WriteTarget;
+
+struct ChangeWriter
+{
+	MemoryContext cxt;
+	MemoryContext row_cxt;
+	EState	   *trigger_estate; /* fires AFTER triggers of all targets */
+	HTAB	   *targets;
+	pg_uuid_t	database_id;
+	TimestampTz now;
+	uint64		rows;
+};
+
+ChangeWriter *
+change_writer_begin(const pg_uuid_t *database_id)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "sequin_cdc change writer",
+											  ALLOCSET_DEFAULT_SIZES);
+	ChangeWriter *w = MemoryContextAllocZero(cxt, sizeof(ChangeWriter));
+	HASHCTL		hctl;
+
+	w->cxt = cxt;
+	w->row_cxt = AllocSetContextCreate(cxt, "sequin_cdc change row",
+									   ALLOCSET_DEFAULT_SIZES);
+	w->database_id = *database_id;
+	w->now = GetCurrentTransactionStartTimestamp();
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(Oid);
+	hctl.entrysize = sizeof(WriteTarget);
+	hctl.hcxt = cxt;
+	w->targets = hash_create("sequin_cdc write targets", 16, &hctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	w->trigger_estate = CreateExecutorState();
+	AfterTriggerBeginQuery();
+	return w;
+}
+
+static void
+open_target(ChangeWriter *w, WriteTarget *t)
+{
+	RangeTblEntry *rte;
+	TupleDesc	desc;
+	List	   *seqs;
+	MemoryContext old = MemoryContextSwitchTo(w->cxt);
+
+	t->rel = try_table_open(t->relid, RowExclusiveLock);
+	if (t->rel == NULL)
+	{
+		t->missing = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("change table with OID %u no longer exists; its changes are not kept", t->relid),
+				 errhint("Drop the retention rules that point to it with sequin_cdc.drop_change_retention().")));
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	desc = RelationGetDescr(t->rel);
+	for (int c = 0; c < NCOLS; c++)
+	{
+		t->col[c] = 0;
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (!att->attisdropped && strcmp(NameStr(att->attname), column_names[c]) == 0)
+				t->col[c] = att->attnum;
+		}
+	}
+	seqs = getOwnedSequences(t->relid);
+	t->seqoid = seqs ? linitial_oid(seqs) : InvalidOid;
+	if (!OidIsValid(t->seqoid) || t->col[COL_SEQ] == 0 || t->col[COL_RECORD] == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("table \"%s\" is not a sequin_cdc change table",
+						RelationGetRelationName(t->rel)),
+				 errhint("Create change tables with sequin_cdc.create_change_table().")));
+
+	t->estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = t->relid;
+	rte->relkind = t->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(t->estate, list_make1(rte));
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	t->estate->es_output_cid = GetCurrentCommandId(true);
+	ExecOpenIndices(t->rri, false);
+	t->slot = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+	if (t->rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+	{
+		t->mtstate = makeNode(ModifyTableState);
+		t->mtstate->ps.plan = NULL;
+		t->mtstate->ps.state = t->estate;
+		t->mtstate->operation = CMD_INSERT;
+		t->mtstate->resultRelInfo = t->rri;
+		t->proute = ExecSetupPartitionTupleRouting(t->estate, t->rel);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+static const char *
+action_name(char action)
+{
+	switch (action)
+	{
+		case 'i':
+			return "insert";
+		case 'u':
+			return "update";
+		case 'd':
+			return "delete";
+		case 't':
+			return "truncate";
+		case 'r':
+			return "read";
+	}
+	elog(ERROR, "unknown change action '%c'", action);
+	return NULL;
+}
+
+static void
+set_col(WriteTarget *t, int c, Datum v, bool isnull)
+{
+	if (t->col[c] == 0)
+		return;
+	t->slot->tts_values[t->col[c] - 1] = v;
+	t->slot->tts_isnull[t->col[c] - 1] = isnull;
+}
+
+/* ChangeBufferCallback: insert one row. */
+void
+change_writer_put(BufferedChange *c, void *arg)
+{
+	ChangeWriter *w = arg;
+	WriteTarget *t;
+	bool		found;
+	MemoryContext old;
+	int64		id;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+
+	t = hash_search(w->targets, &c->change_table, HASH_ENTER, &found);
+	if (!found)
+	{
+		memset(((char *) t) + sizeof(Oid), 0, sizeof(WriteTarget) - sizeof(Oid));
+		open_target(w, t);
+	}
+	if (t->missing)
+		return;
+
+	old = MemoryContextSwitchTo(w->row_cxt);
+	id = nextval_internal(t->seqoid, false);
+
+	ExecClearTuple(t->slot);
+	for (int i = 0; i < t->slot->tts_tupleDescriptor->natts; i++)
+		t->slot->tts_isnull[i] = true;
+	set_col(t, COL_ID, Int64GetDatum(id), false);
+	set_col(t, COL_SEQ, Int64GetDatum(id), false);
+	set_col(t, COL_DB, UUIDPGetDatum(&w->database_id), false);
+	set_col(t, COL_OID, Int64GetDatum((int64) c->source_oid), false);
+	set_col(t, COL_SCHEMA, PointerGetDatum(cstring_to_text_with_len(c->schema_name, c->schema_len)), false);
+	set_col(t, COL_TABLE, PointerGetDatum(cstring_to_text_with_len(c->table_name, c->table_len)), false);
+	set_col(t, COL_PK, PointerGetDatum(cstring_to_text_with_len(c->record_pk, c->pk_len)), false);
+	set_col(t, COL_RECORD, JsonbPGetDatum(c->record), false);
+	set_col(t, COL_CHANGES, JsonbPGetDatum(c->changes), c->changes == NULL);
+	set_col(t, COL_ACTION, CStringGetTextDatum(action_name(c->action)), false);
+	set_col(t, COL_ANNOTATIONS, JsonbPGetDatum(c->annotations), c->annotations == NULL);
+	set_col(t, COL_COMMITTED, TimestampTzGetDatum(c->committed_at), false);
+	set_col(t, COL_INSERTED, TimestampTzGetDatum(w->now), false);
+	ExecStoreVirtualTuple(t->slot);
+
+	rri = t->rri;
+	slot = t->slot;
+	if (t->proute)
+	{
+		rri = ExecFindPartition(t->mtstate, t->rri, t->proute, t->slot, t->estate);
+		if (rri->ri_RootToPartitionMap)
+			slot = execute_attr_map_slot(rri->ri_RootToPartitionMap->attrMap, slot,
+										 rri->ri_PartitionTupleSlot);
+	}
+	ExecSimpleRelationInsert(rri, t->estate, slot);
+	w->rows++;
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(w->row_cxt);
+	ResetPerTupleExprContext(t->estate);
+}
+
+/* Close every table written; returns the number of rows inserted. */
+uint64
+change_writer_end(ChangeWriter *w)
+{
+	HASH_SEQ_STATUS it;
+	WriteTarget *t;
+	uint64		rows = w->rows;
+
+	AfterTriggerEndQuery(w->trigger_estate);
+	FreeExecutorState(w->trigger_estate);
+	hash_seq_init(&it, w->targets);
+	while ((t = hash_seq_search(&it)) != NULL)
+	{
+		if (t->missing)
+			continue;
+		if (t->proute)
+			ExecCleanupTupleRouting(t->mtstate, t->proute);
+		ExecCloseIndices(t->rri);
+		ExecResetTupleTable(t->estate->es_tupleTable, false);
+		FreeExecutorState(t->estate);
+		table_close(t->rel, NoLock);
+	}
+	MemoryContextDelete(w->cxt);
+	return rows;
+}

@@ -1,0 +1,18 @@
+/*-------------------------------------------------------------------------
+ *
+ * filter.h
+ *		Retention-rule filters: SQL boolean expressions over a table's row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SEQUIN_CDC_FILTER_H
+#define SEQUIN_CDC_FILTER_H
+
+#include "postgres.h"
+
+#include "nodes/execnodes.h"
+#include "utils/rel.h"
+
+extern Expr *sequin_cdc_parse_filter(Relation rel, const char *filter);
+
+#endif							/* SEQUIN_CDC_FILTER_H */

@@ -1,0 +1,321 @@
+/*-------------------------------------------------------------------------
+ *
+ * row_json.c
+ *		Rendering a decoded row as jsonb, equal to what to_jsonb(row) gives.
+ *
+ * Every column is sorted once into a kind when the relation's encoder is
+ * built, with the same rules to_jsonb follows (domains look through to
+ * their base type; numbers become JSON numbers unless they are NaN or
+ * infinite; date and timestamp types use the JSON date format; arrays,
+ * composites, json and types with a cast to json go through to_jsonb
+ * itself).  The common scalar kinds are then converted straight from the
+ * datum: integers and numerics without a text round trip, text without a
+ * copy.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/jsonapi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_coerce.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/numeric.h"
+
+#include "row_json.h"
+
+static ColumnKind
+column_kind(Oid typid, Oid *base_out)
+{
+	Oid			base = getBaseType(typid);
+
+	*base_out = base;
+	switch (base)
+	{
+		case BOOLOID:
+			return COLUMN_BOOL;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return COLUMN_INT;
+		case NUMERICOID:
+			return COLUMN_NUMERIC;
+		case FLOAT4OID:
+		case FLOAT8OID:
+			return COLUMN_FLOAT;
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+			return COLUMN_TEXT;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return COLUMN_DATETIME;
+		case JSONBOID:
+			return COLUMN_JSONB;
+		case JSONOID:
+			return COLUMN_TO_JSONB;
+		default:
+			break;
+	}
+	if (OidIsValid(get_element_type(base)) || type_is_rowtype(base))
+		return COLUMN_TO_JSONB;
+	if (base >= FirstNormalObjectId)
+	{
+		Oid			castfunc;
+
+		if (find_coercion_pathway(JSONOID, base, COERCION_EXPLICIT, &castfunc) ==
+			COERCION_PATH_FUNC && OidIsValid(castfunc))
+			return COLUMN_TO_JSONB;
+	}
+	return COLUMN_OTHER;
+}
+
+RowEncoder *
+row_encoder_create(TupleDesc desc, MemoryContext cxt)
+{
+	RowEncoder *enc = MemoryContextAllocZero(cxt, sizeof(RowEncoder));
+
+	enc->natts = desc->natts;
+	enc->cols = MemoryContextAllocZero(cxt, sizeof(ColumnEncoder) * Max(desc->natts, 1));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ColumnEncoder *col = &enc->cols[i];
+
+		if (att->attisdropped)
+		{
+			col->kind = COLUMN_DROPPED;
+			continue;
+		}
+		col->kind = column_kind(att->atttypid, &col->base_type);
+		col->typlen = att->attlen;
+		col->typbyval = att->attbyval;
+		col->key.type = jbvString;
+		col->key.val.string.val = MemoryContextStrdup(cxt, NameStr(att->attname));
+		col->key.val.string.len = strlen(col->key.val.string.val);
+
+		if (col->kind == COLUMN_TO_JSONB)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			/* to_jsonb learns its argument type from the call expression */
+			fmgr_info_cxt(F_TO_JSONB, &col->func, cxt);
+			col->func.fn_expr = (Node *)
+				makeFuncExpr(F_TO_JSONB, JSONBOID,
+							 list_make1(makeNullConst(att->atttypid,
+													  att->atttypmod,
+													  att->attcollation)),
+							 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+			MemoryContextSwitchTo(old);
+		}
+		else if (col->kind == COLUMN_FLOAT || col->kind == COLUMN_OTHER)
+		{
+			Oid			outfunc;
+			bool		isvarlena;
+
+			getTypeOutputInfo(col->base_type, &outfunc, &isvarlena);
+			fmgr_info_cxt(outfunc, &col->func, cxt);
+		}
+	}
+	return enc;
+}
+
+static void
+set_string(JsonbValue *v, char *s, int len)
+{
+	v->type = jbvString;
+	v->val.string.val = s;
+	v->val.string.len = len;
+}
+
+/* A whole jsonb value as one JsonbValue: scalars unwrapped, containers binary. */
+static void
+jsonb_as_value(Jsonb *j, JsonbValue *v)
+{
+	if (JB_ROOT_IS_SCALAR(j))
+		JsonbExtractScalar(&j->root, v);
+	else
+	{
+		v->type = jbvBinary;
+		v->val.binary.data = &j->root;
+		v->val.binary.len = VARSIZE(j) - VARHDRSZ;
+	}
+}
+
+/* Convert one non-null column value. */
+static void
+column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
+{
+	switch (col->kind)
+	{
+		case COLUMN_BOOL:
+			v->type = jbvBool;
+			v->val.boolean = DatumGetBool(d);
+			break;
+		case COLUMN_INT:
+			{
+				int64		i;
+
+				if (col->base_type == INT2OID)
+					i = DatumGetInt16(d);
+				else if (col->base_type == INT4OID)
+					i = DatumGetInt32(d);
+				else
+					i = DatumGetInt64(d);
+				v->type = jbvNumeric;
+				v->val.numeric = int64_to_numeric(i);
+				break;
+			}
+		case COLUMN_NUMERIC:
+			{
+				Numeric		n = DatumGetNumeric(d);
+
+				if (numeric_is_nan(n) || numeric_is_inf(n))
+				{
+					char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n)));
+
+					set_string(v, s, strlen(s));
+				}
+				else
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = n;
+				}
+				break;
+			}
+		case COLUMN_FLOAT:
+			{
+				char	   *s = OutputFunctionCall(&col->func, d);
+				int			len = strlen(s);
+
+				if (IsValidJsonNumber(s, len))
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																		 CStringGetDatum(s),
+																		 ObjectIdGetDatum(InvalidOid),
+																		 Int32GetDatum(-1)));
+				}
+				else
+					set_string(v, s, len);
+				break;
+			}
+		case COLUMN_TEXT:
+			{
+				text	   *t = (text *) PG_DETOAST_DATUM_PACKED(d);
+
+				set_string(v, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case COLUMN_DATETIME:
+			{
+				char	   *s = JsonEncodeDateTime(NULL, d, col->base_type, NULL);
+
+				set_string(v, s, strlen(s));
+				break;
+			}
+		case COLUMN_JSONB:
+			jsonb_as_value(DatumGetJsonbP(d), v);
+			break;
+		case COLUMN_TO_JSONB:
+			jsonb_as_value(DatumGetJsonbP(FunctionCall1(&col->func, d)), v);
+			break;
+		case COLUMN_OTHER:
+			{
+				char	   *s = OutputFunctionCall(&col->func, d);
+
+				set_string(v, s, strlen(s));
+				break;
+			}
+		case COLUMN_DROPPED:
+			Assert(false);
+			break;
+	}
+}
+
+/*
+ * The row as a jsonb object: every live column, or those with include[i]
+ * set when include is given.  Allocates in the current memory context.
+ */
+Jsonb *
+row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
+				   const bool *include)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < enc->natts; i++)
+	{
+		ColumnEncoder *col = &enc->cols[i];
+		JsonbValue	v;
+
+		if (col->kind == COLUMN_DROPPED || (include && !include[i]))
+			continue;
+		pushJsonbValue(&state, WJB_KEY, &col->key);
+		if (nulls[i])
+			v.type = jbvNull;
+		else
+			column_value(col, values[i], &v);
+		pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/*
+ * The primary key as text.  One column: its text form, as Sequin writes it
+ * (`9`, `abc`).  Several columns: a JSON array of the values as they appear
+ * in record (`[1, "abc"]`), which cannot be ambiguous the way a plain
+ * comma-join is.
+ */
+char *
+row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *keys,
+					 Datum *values, bool *nulls, int *len)
+{
+	char	   *s;
+
+	if (nkeys == 1)
+	{
+		int			i = keys[0] - 1;
+		ColumnEncoder *col = &enc->cols[i];
+		Oid			outfunc;
+		bool		isvarlena;
+
+		if (nulls[i])
+			s = pstrdup("");
+		else
+		{
+			getTypeOutputInfo(col->base_type, &outfunc, &isvarlena);
+			s = OidOutputFunctionCall(outfunc, values[i]);
+		}
+	}
+	else
+	{
+		JsonbParseState *state = NULL;
+		JsonbValue *res;
+
+		pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+		for (int k = 0; k < nkeys; k++)
+		{
+			int			i = keys[k] - 1;
+			JsonbValue	v;
+
+			if (nulls[i])
+				v.type = jbvNull;
+			else
+				column_value(&enc->cols[i], values[i], &v);
+			pushJsonbValue(&state, WJB_ELEM, &v);
+		}
+		res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
+		s = JsonbToCString(NULL, &JsonbValueToJsonb(res)->root, 0);
+	}
+	*len = strlen(s);
+	return s;
+}

@@ -1,0 +1,54 @@
+/*-------------------------------------------------------------------------
+ *
+ * row_json.h
+ *		Rendering a decoded row as jsonb, the way to_jsonb(row) does.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SEQUIN_CDC_ROW_JSON_H
+#define SEQUIN_CDC_ROW_JSON_H
+
+#include "postgres.h"
+
+#include "access/tupdesc.h"
+#include "fmgr.h"
+#include "utils/jsonb.h"
+
+typedef enum ColumnKind
+{
+	COLUMN_DROPPED,
+	COLUMN_BOOL,
+	COLUMN_INT,					/* int2, int4, int8 */
+	COLUMN_NUMERIC,
+	COLUMN_FLOAT,				/* float4, float8: via their text form */
+	COLUMN_TEXT,				/* text, varchar, bpchar: bytes as they are */
+	COLUMN_DATETIME,			/* date, timestamp, timestamptz */
+	COLUMN_JSONB,
+	COLUMN_OTHER,				/* output function, as a string */
+	COLUMN_TO_JSONB,			/* arrays, composites, json, casts: to_jsonb */
+} ColumnKind;
+
+typedef struct ColumnEncoder
+{
+	ColumnKind	kind;
+	Oid			base_type;
+	int16		typlen;
+	bool		typbyval;
+	JsonbValue	key;
+	FmgrInfo	func;			/* output function or to_jsonb */
+} ColumnEncoder;
+
+typedef struct RowEncoder
+{
+	int			natts;
+	ColumnEncoder *cols;		/* indexed by attnum - 1 */
+} RowEncoder;
+
+extern RowEncoder *row_encoder_create(TupleDesc desc, MemoryContext cxt);
+extern Jsonb *row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
+								 const bool *include);
+extern char *row_encoder_key_text(RowEncoder *enc, int nkeys,
+								  const AttrNumber *keys, Datum *values,
+								  bool *nulls, int *len);
+
+#endif							/* SEQUIN_CDC_ROW_JSON_H */
