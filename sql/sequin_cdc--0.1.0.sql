@@ -551,3 +551,36 @@ END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.health() IS
     'Checks what capture depends on (wal_level, output_plugin_libraries, slots, workers, lag, publications, replica identity) and says what to fix.';
+
+CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
+RETURNS bool
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    target pg_lsn := pg_current_wal_flush_lsn();
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                    WHERE s.plugin = 'sequin_cdc' AND s.database = current_database()
+                      AND (wait_for_capture.slot IS NULL OR s.slot_name = wait_for_capture.slot)) THEN
+        RAISE EXCEPTION 'no sequin_cdc slot % in this database', coalesce(quote_literal(slot), '')
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create one with sequin_cdc.create_slot().';
+    END IF;
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                        WHERE s.plugin = 'sequin_cdc' AND s.database = current_database()
+                          AND (wait_for_capture.slot IS NULL OR s.slot_name = wait_for_capture.slot)
+                          AND s.confirmed_flush_lsn < target) THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc.wait_for_capture(name, interval) IS
+    'Waits until the slot (all slots of this database when null) has captured everything committed before the call; false on timeout.';
