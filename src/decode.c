@@ -695,6 +695,7 @@ seq_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			return;
 	}
 
+	sequin_cdc_decode_position.relname = RelationGetRelationName(rel);
 	e = get_entry(st, rel);
 	if (!e->captured)
 		return;
@@ -703,7 +704,6 @@ seq_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		(action == 'd' && !e->pubactions.pubdelete))
 		return;
 
-	sequin_cdc_decode_position.relname = e->table_name;
 	old = MemoryContextSwitchTo(st->change_cxt);
 
 	if (change->data.tp.newtuple)

@@ -182,6 +182,7 @@ write_sequin_conf() {
         echo "max_wal_senders = 20"
         echo "max_worker_processes = 40"
         echo "cron.database_name = '$cron_db'"
+        echo "max_prepared_transactions = 10"
         echo "fsync = off"
         echo "log_min_messages = info"
         echo "logging_collector = off"
