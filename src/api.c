@@ -26,6 +26,7 @@
 #include "replication/slot.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
+#include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -220,6 +221,22 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	PG_RETURN_LSN(lsn);
 }
 
+/* Delete a slot's row in sequin_cdc.slots; returns rows deleted. */
+static uint64
+delete_slot_row(Name slot)
+{
+	Oid			argtypes[1] = {NAMEOID};
+	Datum		args[1] = {NameGetDatum(slot)};
+	uint64		n;
+
+	SPI_connect();
+	SPI_execute_with_args("DELETE FROM sequin_cdc.slots WHERE slot_name = $1",
+						  1, argtypes, args, NULL, false, 0);
+	n = SPI_processed;
+	SPI_finish();
+	return n;
+}
+
 /*
  * drop_slot(slot name)
  *
@@ -232,6 +249,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	Name		slot = PG_GETARG_NAME(0);
 	ReplicationSlot *s;
 	bool		ours;
+	Oid			slot_db;
 	int			idx;
 	char		origin_name[NAMEDATALEN + 16];
 
@@ -241,17 +259,39 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	s = SearchNamedReplicationSlot(NameStr(*slot), false);
 	ours = s && strcmp(NameStr(s->data.plugin), SEQUIN_CDC_PLUGIN) == 0;
+	slot_db = s ? s->data.database : InvalidOid;
 	LWLockRelease(ReplicationSlotControlLock);
 	if (s == NULL)
+	{
+		/* only the configuration is left (e.g. after a restore): clean it */
+		if (delete_slot_row(slot) > 0)
+		{
+			ereport(NOTICE,
+					(errmsg("replication slot \"%s\" did not exist; its configuration was removed",
+							NameStr(*slot))));
+			PG_RETURN_VOID();
+		}
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("replication slot \"%s\" does not exist", NameStr(*slot)),
 				 errhint("sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.")));
+	}
 	if (!ours)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("replication slot \"%s\" is not a sequin_cdc slot", NameStr(*slot)),
 				 errhint("Drop it with pg_drop_replication_slot() if you mean to.")));
+	if (slot_db != MyDatabaseId)
+	{
+		char	   *dbname = get_database_name(slot_db);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" belongs to database \"%s\"",
+						NameStr(*slot), dbname ? dbname : "?"),
+				 errhint("Connect to database \"%s\" and run sequin_cdc.drop_slot() there, so that its configuration goes too.",
+						 dbname ? dbname : "?")));
+	}
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	idx = sequin_cdc_find_slot_entry(NameStr(*slot));
@@ -281,15 +321,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
 	replorigin_drop_by_name(origin_name, true, false);
 
-	{
-		Oid			argtypes[1] = {NAMEOID};
-		Datum		args[1] = {NameGetDatum(slot)};
-
-		SPI_connect();
-		SPI_execute_with_args("DELETE FROM sequin_cdc.slots WHERE slot_name = $1",
-							  1, argtypes, args, NULL, false, 0);
-		SPI_finish();
-	}
+	(void) delete_slot_row(slot);
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	if (idx >= 0 && strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name),

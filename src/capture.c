@@ -383,10 +383,12 @@ sequin_cdc_capture_main(Datum arg)
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	my_entry = &SequinCdcShared_state->slots[my_index];
-	if (!my_entry->in_use || strcmp(NameStr(my_entry->slot_name), cfg.slot_name) != 0)
+	if (!my_entry->in_use || strcmp(NameStr(my_entry->slot_name), cfg.slot_name) != 0 ||
+		my_entry->pid != 0)
 	{
+		/* the slot went away, or another worker already serves it */
 		LWLockRelease(SequinCdcShared_state->lock);
-		proc_exit(0);			/* the slot went away before we started */
+		proc_exit(0);
 	}
 	dboid = my_entry->dboid;
 	my_entry->pid = MyProcPid;

@@ -158,7 +158,11 @@ launcher_scan(void)
 		seen[idx] = true;
 		e = &sh->slots[idx];
 
-		if (e->drop_requested || worker_alive(idx))
+		/*
+		 * A live pid means served, even by a worker an earlier launcher
+		 * started (our handles die with the launcher that held them).
+		 */
+		if (e->drop_requested || e->pid != 0 || worker_alive(idx))
 			continue;
 		if (e->last_start != 0 &&
 			!TimestampDifferenceExceeds(e->last_start, now, sequin_cdc_restart_delay))
