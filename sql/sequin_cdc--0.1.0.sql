@@ -97,10 +97,10 @@ REVOKE ALL ON FUNCTION sequin_cdc._invalidate_relation(regclass) FROM PUBLIC;
 -- Change tables
 ------------------------------------------------------------------------------
 
+-- No SET search_path: an unqualified name goes to the caller's current schema.
 CREATE FUNCTION sequin_cdc.create_change_table(change_table text, partitioned bool DEFAULT false)
 RETURNS regclass
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     parts text[];
@@ -116,7 +116,7 @@ BEGIN
                   HINT = 'Give a table name, optionally schema-qualified, such as public.order_changes.';
     END;
     IF cardinality(parts) = 1 THEN
-        sch := current_schemas(false)[1];
+        sch := pg_catalog.current_schema();
         tbl := parts[1];
     ELSIF cardinality(parts) = 2 THEN
         sch := parts[1];
@@ -267,6 +267,7 @@ DECLARE
     v_pub name;
     n int;
     other name;
+    other_source regclass;
     rule_id bigint;
     not_full text;
 BEGIN
@@ -349,6 +350,16 @@ BEGIN
                   DETAIL = 'One change table is written by one slot, so that seq follows commit order.',
                   HINT = 'Use another change table for this slot.';
     END IF;
+    SELECT r.id, r.source_table INTO rule_id, other_source FROM sequin_cdc.change_retention r
+     WHERE r.source_table <> source AND r.source_table IN (SELECT sequin_cdc._related(source))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '"%" and "%" are in one partition tree, and rule % already covers "%"',
+                        source, other_source, rule_id, other_source
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The changes of a partition tree are kept through rules on one of its tables; rules on the partitioned table report partition rows as that table.',
+                  HINT = format('Add the rule to %s instead, or drop rule %s first.', other_source, rule_id);
+    END IF;
     SELECT r.id INTO rule_id FROM sequin_cdc.change_retention r
      WHERE r.source_table = source AND r.change_table = add_change_retention.change_table;
     IF FOUND THEN
@@ -362,7 +373,7 @@ BEGIN
      WHERE c.relkind = 'r' AND c.relreplident <> 'f';
     IF not_full IS NOT NULL THEN
         RAISE WARNING 'replica identity of % is not FULL', not_full
-            USING DETAIL = 'Updates will have changes = null, deletes will carry only the primary key in record, and unchanged TOASTed values will be missing from record.',
+            USING DETAIL = 'Updates will have changes = null, deletes will carry only the replica identity columns in record, and unchanged TOASTed values will be missing from record.',
                   HINT = format('Run ALTER TABLE ... REPLICA IDENTITY FULL on %s.', not_full);
     END IF;
 
@@ -542,7 +553,7 @@ BEGIN
             status := 'ok'; detail := 'REPLICA IDENTITY FULL';
         ELSE
             status := 'warning';
-            detail := format('%s not REPLICA IDENTITY FULL: updates have changes = null, deletes carry only the primary key, unchanged TOASTed values are missing; ALTER TABLE ... REPLICA IDENTITY FULL',
+            detail := format('%s not REPLICA IDENTITY FULL: updates have changes = null, deletes carry only the replica identity columns, unchanged TOASTed values are missing; ALTER TABLE ... REPLICA IDENTITY FULL',
                              r.not_full);
         END IF;
         RETURN NEXT;
@@ -564,7 +575,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s
                     WHERE s.plugin = 'sequin_cdc' AND s.database = current_database()
                       AND (wait_for_capture.slot IS NULL OR s.slot_name = wait_for_capture.slot)) THEN
-        RAISE EXCEPTION 'no sequin_cdc slot % in this database', coalesce(quote_literal(slot), '')
+        RAISE EXCEPTION 'no sequin_cdc slot%in this database', coalesce(' ' || quote_literal(slot) || ' ', ' ')
             USING ERRCODE = 'undefined_object',
                   HINT = 'Create one with sequin_cdc.create_slot().';
     END IF;

@@ -46,6 +46,33 @@ PG_FUNCTION_INFO_V1(sequin_cdc_invalidate_relation);
 PG_FUNCTION_INFO_V1(sequin_cdc_capture_stats);
 PG_FUNCTION_INFO_V1(sequin_cdc_plugin_allowed);
 
+static bool wake_launcher_at_commit = false;
+static bool xact_callback_registered = false;
+
+/*
+ * create_slot's row in sequin_cdc.slots becomes visible at commit; the
+ * worker reads it when it starts, so the launcher is woken again then.
+ */
+static void
+wake_launcher_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && wake_launcher_at_commit)
+		sequin_cdc_wake_launcher();
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+		wake_launcher_at_commit = false;
+}
+
+static void
+wake_launcher_after_commit(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(wake_launcher_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_launcher_at_commit = true;
+}
+
 Datum
 sequin_cdc_check_preload(PG_FUNCTION_ARGS)
 {
@@ -217,7 +244,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	sequin_cdc_wake_launcher();
+	wake_launcher_after_commit();
 	PG_RETURN_LSN(lsn);
 }
 

@@ -140,6 +140,7 @@ load_config(CaptureConfig *cfg, MemoryContext cxt)
 {
 	bool		ok = false;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_extension_oid("sequin_cdc", true)))
@@ -234,6 +235,7 @@ write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
 	uint64		rows;
 
 	pgstat_report_activity(STATE_RUNNING, "writing change rows");
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	w = change_writer_begin(&cfg->database_id);
@@ -423,7 +425,7 @@ sequin_cdc_capture_main(Datum arg)
 				proc_exit(0);
 			(void) WaitLatch(MyLatch,
 							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 5000, PG_WAIT_EXTENSION);
+							 1000, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
 		}

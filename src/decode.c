@@ -38,6 +38,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_publication.h"
 #include "commands/defrem.h"
@@ -516,7 +517,13 @@ get_entry(DecodeState *st, Relation rel)
 								   ALLOCSET_SMALL_SIZES);
 	/* an invalidation while we build marks it for another rebuild */
 	e->valid = true;
-	build_entry(st, e, rel);
+	{
+		/* catalog lookups leave garbage: let it go with the entry */
+		MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+		build_entry(st, e, rel);
+		MemoryContextSwitchTo(old);
+	}
 	return e;
 }
 
@@ -832,11 +839,37 @@ seq_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContextReset(st->change_cxt);
 }
 
+/* Are all leaf partitions of parent among the truncated relations? */
+static bool
+whole_tree_truncated(Oid parent, int nrelations, Relation relations[])
+{
+	ListCell   *lc;
+
+	foreach(lc, find_all_inheritors(parent, NoLock, NULL))
+	{
+		Oid			child = lfirst_oid(lc);
+		bool		found = false;
+
+		if (!RELKIND_HAS_STORAGE(get_rel_relkind(child)))
+			continue;
+		for (int i = 0; i < nrelations && !found; i++)
+			found = RelationGetRelid(relations[i]) == child;
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
 /*
  * TRUNCATE of a retained table is written as one row with action
  * 'truncate', an empty record and an empty record_pk, whatever the rule's
  * actions and filter: a consumer must learn that every earlier row of the
  * table is gone, and it must never look like a set of deletes.
+ *
+ * The WAL names only the leaf partitions.  When all leaves of a retained
+ * partitioned table are truncated, one row names the partitioned table;
+ * when only some are, each truncated partition gets its own row under its
+ * own name, since the partitioned table still has rows.
  */
 static void
 seq_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
@@ -845,31 +878,30 @@ seq_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	DecodeState *st = ctx->output_plugin_private;
 	MemoryContext old = MemoryContextSwitchTo(st->change_cxt);
 	Jsonb	   *empty = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	List	   *reported = NIL;
 
 	for (int i = 0; i < nrelations; i++)
 	{
-		RelEntry   *e = get_entry(st, relations[i]);
+		Relation	rel = relations[i];
+		RelEntry   *e = get_entry(st, rel);
+		RelEntry	leaf;
 
 		if (!e->captured || !e->pubactions.pubtruncate)
 			continue;
-		/* a partitioned table's partitions each come through: report once */
-		if (e->report_oid != e->relid)
+		if (e->report_oid != e->relid &&
+			!whole_tree_truncated(e->report_oid, nrelations, relations))
 		{
-			bool		seen = false;
-
-			for (int j = 0; j < nrelations; j++)
-				if (RelationGetRelid(relations[j]) == e->report_oid)
-					seen = true;
-			for (int j = 0; j < i && !seen; j++)
-			{
-				RelEntry   *o = get_entry(st, relations[j]);
-
-				if (o->captured && o->report_oid == e->report_oid)
-					seen = true;
-			}
-			if (seen)
-				continue;
+			/* this partition only, reported under its own name */
+			leaf = *e;
+			leaf.report_oid = RelationGetRelid(rel);
+			leaf.schema_name = get_namespace_name(RelationGetNamespace(rel));
+			leaf.table_name = RelationGetRelationName(rel);
+			append_rows(st, &leaf, txn, 't', NULL, "", 0, empty, NULL);
+			continue;
 		}
+		if (list_member_oid(reported, e->report_oid))
+			continue;
+		reported = lappend_oid(reported, e->report_oid);
 		append_rows(st, e, txn, 't', NULL, "", 0, empty, NULL);
 	}
 	MemoryContextSwitchTo(old);

@@ -37,6 +37,20 @@ bad_filter(const char *filter, const char *why)
 			 errhint("A filter is one boolean SQL expression over the source table's columns, such as status <> 'draft' and amount > 100.")));
 }
 
+/* Point syntax errors into the filter text, not the calling statement. */
+static void
+filter_error_callback(void *arg)
+{
+	int			pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery((const char *) arg);
+	}
+}
+
 /*
  * Parse and analyze a filter for rel; returns a boolean expression whose
  * Vars have varno 1.  Raises an error for anything that is not a single
@@ -52,6 +66,12 @@ sequin_cdc_parse_filter(Relation rel, const char *filter)
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
 	Node	   *expr;
+	ErrorContextCallback errcb;
+
+	errcb.callback = filter_error_callback;
+	errcb.arg = (void *) filter;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 
 	raw = raw_parser(filter, RAW_PARSE_PLPGSQL_EXPR);
 	if (list_length(raw) != 1)
@@ -85,5 +105,6 @@ sequin_cdc_parse_filter(Relation rel, const char *filter)
 		bad_filter(filter, "It calls a function or operator that is not immutable (such as now() or random()); the filter is evaluated when the change is decoded, so it must depend only on the row.");
 
 	free_parsestate(pstate);
+	error_context_stack = errcb.previous;
 	return (Expr *) expr;
 }

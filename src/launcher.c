@@ -162,6 +162,8 @@ launcher_scan(void)
 		 * A live pid means served, even by a worker an earlier launcher
 		 * started (our handles die with the launcher that held them).
 		 */
+		if (e->pid != 0 && e->state == CAPTURE_WAITING && e->latch)
+			SetLatch(e->latch); /* its configuration may have arrived */
 		if (e->drop_requested || e->pid != 0 || worker_alive(idx))
 			continue;
 		if (e->last_start != 0 &&

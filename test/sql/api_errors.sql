@@ -1,8 +1,8 @@
--- api_errors: every bad input to the SQL API gets its own error (and, where
--- the user has to act, a hint); health() reports a non-FULL retained table.
 SET synchronous_commit = on;
 \set VERBOSITY terse
 \set SHOW_CONTEXT never
+-- api_errors: every bad input to the SQL API gets its own error (and, where
+-- the user has to act, a hint); health() reports a non-FULL retained table.
 
 CREATE TABLE ae_t (id int PRIMARY KEY, v text);
 ALTER TABLE ae_t REPLICA IDENTITY FULL;
@@ -110,7 +110,7 @@ SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', '{insert,NUL
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', NULL);
 -- filters: a syntax error points into the filter text, not elsewhere
 \set VERBOSITY default
-SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'v = ');
+SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'v = = 1');
 \set VERBOSITY terse
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'id > 1; DROP TABLE ae_t');
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'nosuch = 1');
@@ -189,5 +189,6 @@ SELECT sequin_cdc.drop_slot('ae_s2');
 SELECT sequin_cdc.drop_slot('ae_s');
 SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'ae\_%';
 SELECT count(*) FROM sequin_cdc.slots;
-SELECT sequin_cdc.drop_change_retention(id) FROM sequin_cdc.change_retention ORDER BY id;
+SELECT sequin_cdc.drop_change_retention(id) FROM sequin_cdc.change_retention
+ WHERE slot_name IN ('ae_s', 'ae_s2') ORDER BY id;
 SELECT check_name, status FROM sequin_cdc.health() ORDER BY 1;
