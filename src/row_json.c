@@ -114,13 +114,12 @@ row_encoder_create(TupleDesc desc, MemoryContext cxt)
 							 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 			MemoryContextSwitchTo(old);
 		}
-		else if (col->kind == COLUMN_FLOAT || col->kind == COLUMN_OTHER)
 		{
 			Oid			outfunc;
 			bool		isvarlena;
 
 			getTypeOutputInfo(col->base_type, &outfunc, &isvarlena);
-			fmgr_info_cxt(outfunc, &col->func, cxt);
+			fmgr_info_cxt(outfunc, &col->out, cxt);
 		}
 	}
 	return enc;
@@ -191,7 +190,7 @@ column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
 			}
 		case COLUMN_FLOAT:
 			{
-				char	   *s = OutputFunctionCall(&col->func, d);
+				char	   *s = OutputFunctionCall(&col->out, d);
 				int			len = strlen(s);
 
 				if (IsValidJsonNumber(s, len))
@@ -228,7 +227,7 @@ column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
 			break;
 		case COLUMN_OTHER:
 			{
-				char	   *s = OutputFunctionCall(&col->func, d);
+				char	   *s = OutputFunctionCall(&col->out, d);
 
 				set_string(v, s, strlen(s));
 				break;
@@ -284,17 +283,11 @@ row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *keys,
 	if (nkeys == 1)
 	{
 		int			i = keys[0] - 1;
-		ColumnEncoder *col = &enc->cols[i];
-		Oid			outfunc;
-		bool		isvarlena;
 
-		if (nulls[i])
+		if (nulls[i] || enc->cols[i].kind == COLUMN_DROPPED)
 			s = pstrdup("");
 		else
-		{
-			getTypeOutputInfo(col->base_type, &outfunc, &isvarlena);
-			s = OidOutputFunctionCall(outfunc, values[i]);
-		}
+			s = OutputFunctionCall(&enc->cols[i].out, values[i]);
 	}
 	else
 	{

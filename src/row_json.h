@@ -35,7 +35,8 @@ typedef struct ColumnEncoder
 	int16		typlen;
 	bool		typbyval;
 	JsonbValue	key;
-	FmgrInfo	func;			/* output function or to_jsonb */
+	FmgrInfo	func;			/* to_jsonb, for COLUMN_TO_JSONB */
+	FmgrInfo	out;			/* the type's output function */
 } ColumnEncoder;
 
 typedef struct RowEncoder
