@@ -99,6 +99,7 @@ change_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
 	StringInfo	s = &buf->mem;
 	int			start;
 
+	memset(&h, 0, sizeof(h));	/* no stray padding bytes in spill files */
 	h.change_table = c->change_table;
 	h.source_oid = c->source_oid;
 	h.action = c->action;
