@@ -9,6 +9,7 @@ OBJS = \
 	src/change_buffer.o \
 	src/change_writer.o \
 	src/filter.o \
+	src/backfill.o \
 	src/api.o
 
 EXTENSION = sequin_cdc

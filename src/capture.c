@@ -57,6 +57,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "backfill.h"
 #include "change_buffer.h"
 #include "change_writer.h"
 #include "compat.h"
@@ -263,13 +264,13 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 {
 	ChangeBuffer *buf;
 	LogicalDecodingContext *ctx;
-	XLogRecPtr	startpos;
+	XLogRecPtr	written_upto;
 	RepOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
 
 	origin = setup_origin(cfg->slot_name);
-	startpos = replorigin_session_get_progress(false);
+	written_upto = replorigin_session_get_progress(false);
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	my_entry->origin = origin;
 	LWLockRelease(SequinCdcShared_state->lock);
@@ -277,16 +278,18 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	sequin_cdc_slot_acquire(cfg->slot_name);
 
 	buf = change_buffer_create(cxt, (Size) sequin_cdc_buffer_memory * 1024);
+	buf->skip_upto = written_upto;
 	sequin_cdc_decode_target = buf;
 	options = list_make1(makeDefElem("publication",
 									 (Node *) makeString(cfg->publication), -1));
 
 	/*
-	 * Starting at the origin's position skips the transactions already
-	 * written; CreateDecodingContext moves it up to the slot's confirmed
-	 * position when that is further.
+	 * Decoding starts at the slot's confirmed position, which may be before
+	 * the origin's (it is saved only at checkpoints, and held back while a
+	 * backfill window is open); transactions up to the origin's position
+	 * are decoded again but keep no rows (buf->skip_upto).
 	 */
-	ctx = CreateDecodingContext(startpos, options, false,
+	ctx = CreateDecodingContext(InvalidXLogRecPtr, options, false,
 								XL_ROUTINE(.page_read = read_local_xlog_page,
 										   .segment_open = wal_segment_open,
 										   .segment_close = wal_segment_close),
@@ -339,13 +342,17 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 			InvalidateSystemCaches();
 			caches_historic = false;
 			write_batch(cfg, buf);
+			buf->skip_upto = buf->last_commit_end;
 			change_buffer_reset(buf);
 		}
 
 		/*
 		 * Everything before end is written or of no interest: confirm it,
-		 * never backwards (decoding restarts before the confirmed point).
+		 * never backwards, and not past an open backfill window, whose
+		 * changed keys must be seen again after a restart.
 		 */
+		if (!XLogRecPtrIsInvalid(buf->hold_lsn) && buf->hold_lsn < end)
+			end = buf->hold_lsn;
 		if (end > MyReplicationSlot->data.confirmed_flush)
 		{
 			LogicalConfirmReceivedLocation(end);
@@ -353,7 +360,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		}
 
 		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-		my_entry->last_decoded_lsn = end;
+		my_entry->last_decoded_lsn = ctx->reader->EndRecPtr;
 		my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
 		LWLockRelease(SequinCdcShared_state->lock);
 	}
@@ -429,6 +436,12 @@ sequin_cdc_capture_main(Datum arg)
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
 		}
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		sequin_cdc_launch_pending_backfills(cfg.slot_name);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 		capture_loop(&cfg, cxt);
 	}
 	PG_CATCH();

@@ -48,6 +48,10 @@ typedef struct ChangeBuffer
 	uint64		nrows;
 	uint64		ntxns;			/* committed transactions with rows */
 	XLogRecPtr	last_commit_end;	/* end of the last transaction buffered */
+	XLogRecPtr	skip_upto;		/* transactions ending here or before are
+								 * written already: decode, but keep no rows */
+	XLogRecPtr	hold_lsn;		/* an open backfill window started here: do
+								 * not confirm the slot past it */
 	TimestampTz last_commit_time;
 	char	   *readbuf;		/* reused when reading spilled rows */
 	Size		readbuf_size;

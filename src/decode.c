@@ -60,7 +60,9 @@
 #include "mb/pg_wchar.h"
 #include "utils/syscache.h"
 
+#include "backfill.h"
 #include "change_buffer.h"
+#include "common/hashfn.h"
 #include "decode.h"
 #include "filter.h"
 #include "row_json.h"
@@ -117,7 +119,30 @@ typedef struct DecodeState
 	HTAB	   *rels;
 	Jsonb	   *annotations;	/* current transaction's, or NULL */
 	uint64		txn_rows;
+	bool		replay_only;	/* transaction written before: keep no rows */
+	List	   *windows;		/* open backfill windows */
 } DecodeState;
+
+/*
+ * A backfill window: from a chunk's low watermark to its high watermark,
+ * the keys of the table that changed.  Keys are hashed, with the key text
+ * kept for an exact comparison.
+ */
+typedef struct BackfillWindow
+{
+	int64		id;
+	Oid			relid;			/* the table read (the rule source) */
+	XLogRecPtr	low_lsn;		/* commit of the low watermark */
+	bool		truncated;		/* the table was truncated in the window */
+	MemoryContext cxt;
+	HTAB	   *keys;			/* uint64 hash -> WindowKey */
+} BackfillWindow;
+
+typedef struct WindowKey
+{
+	uint64		hash;
+	List	   *texts;			/* key texts with this hash */
+} WindowKey;
 
 /* The state the cache callbacks flush; one decoding context per process. */
 static DecodeState *active_state = NULL;
@@ -540,6 +565,7 @@ seq_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	MemoryContextReset(st->txn_cxt);
 	st->annotations = NULL;
 	st->txn_rows = 0;
+	st->replay_only = txn->end_lsn <= st->buffer->skip_upto;
 	sequin_cdc_decode_position.xid = txn->xid;
 }
 
@@ -628,6 +654,8 @@ append_rows(DecodeState *st, RelEntry *e, ReorderBufferTXN *txn, char action,
 	ListCell   *lc;
 	int			i = 0;
 
+	if (st->replay_only)
+		return;
 	c.source_oid = e->report_oid;
 	c.action = action;
 	c.committed_at = txn->xact_time.commit_time;
@@ -653,6 +681,141 @@ append_rows(DecodeState *st, RelEntry *e, ReorderBufferTXN *txn, char action,
 		}
 		i++;
 	}
+}
+
+/* ------------------------------------------------------------------------
+ * Backfill windows
+ * ------------------------------------------------------------------------
+ */
+
+static BackfillWindow *
+find_window(DecodeState *st, int64 id)
+{
+	ListCell   *lc;
+
+	foreach(lc, st->windows)
+	{
+		BackfillWindow *w = lfirst(lc);
+
+		if (w->id == id)
+			return w;
+	}
+	return NULL;
+}
+
+/* The slot must not be confirmed past the oldest open window. */
+static void
+update_hold(DecodeState *st)
+{
+	XLogRecPtr	hold = InvalidXLogRecPtr;
+	ListCell   *lc;
+
+	foreach(lc, st->windows)
+	{
+		BackfillWindow *w = lfirst(lc);
+
+		if (XLogRecPtrIsInvalid(hold) || w->low_lsn < hold)
+			hold = w->low_lsn;
+	}
+	st->buffer->hold_lsn = hold;
+}
+
+static bool
+window_has_key(BackfillWindow *w, const char *key, int len, bool add)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) key, len, 0);
+	bool		found;
+	WindowKey  *wk;
+	ListCell   *lc;
+
+	wk = hash_search(w->keys, &h, add ? HASH_ENTER : HASH_FIND, &found);
+	if (wk == NULL)
+		return false;
+	if (!found)
+		wk->texts = NIL;
+	foreach(lc, wk->texts)
+	{
+		if (strcmp(lfirst(lc), key) == 0)
+			return true;
+	}
+	if (add)
+	{
+		MemoryContext old = MemoryContextSwitchTo(w->cxt);
+
+		wk->texts = lappend(wk->texts, pnstrdup(key, len));
+		MemoryContextSwitchTo(old);
+	}
+	return false;
+}
+
+/* Note a changed key of relid in every window open on it. */
+static void
+note_changed_key(DecodeState *st, Oid relid, const char *key, int len)
+{
+	ListCell   *lc;
+
+	foreach(lc, st->windows)
+	{
+		BackfillWindow *w = lfirst(lc);
+
+		if (w->relid == relid)
+			(void) window_has_key(w, key, len, true);
+	}
+}
+
+static bool
+window_open_on(DecodeState *st, Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, st->windows)
+	{
+		if (((BackfillWindow *) lfirst(lc))->relid == relid)
+			return true;
+	}
+	return false;
+}
+
+static void
+open_window(DecodeState *st, ReorderBufferTXN *txn, const BackfillMessage *m)
+{
+	BackfillWindow *w;
+	MemoryContext cxt;
+	HASHCTL		hctl;
+
+	if (find_window(st, m->id))
+		return;
+	cxt = AllocSetContextCreate(st->cache_cxt, "sequin_cdc backfill window",
+								ALLOCSET_SMALL_SIZES);
+	w = MemoryContextAllocZero(cxt, sizeof(BackfillWindow));
+	w->id = m->id;
+	w->relid = m->relid;
+	w->low_lsn = txn->final_lsn;
+	w->cxt = cxt;
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(uint64);
+	hctl.entrysize = sizeof(WindowKey);
+	hctl.hcxt = cxt;
+	w->keys = hash_create("sequin_cdc backfill window keys", 256, &hctl,
+						  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	{
+		MemoryContext old = MemoryContextSwitchTo(st->cache_cxt);
+
+		st->windows = lappend(st->windows, w);
+		MemoryContextSwitchTo(old);
+	}
+	update_hold(st);
+}
+
+static void
+close_window(DecodeState *st, BackfillWindow *w)
+{
+	MemoryContext old = MemoryContextSwitchTo(st->cache_cxt);
+
+	st->windows = list_delete_ptr(st->windows, w);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(w->cxt);
+	update_hold(st);
 }
 
 static void
@@ -780,6 +943,27 @@ seq_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		rn = nn;
 	}
 
+	if (e->npk > 0)
+		pk = row_encoder_key_text(e->enc, e->npk, e->pk, rv, rn, &pk_len);
+	else
+	{
+		pk = "";
+		pk_len = 0;
+	}
+
+	/* a backfill window on this table drops the chunk rows of this key */
+	if (st->windows != NIL && window_open_on(st, e->report_oid))
+	{
+		note_changed_key(st, e->report_oid, pk, pk_len);
+		if (action == 'u' && ov && e->npk > 0)
+		{
+			int			old_len;
+			char	   *old_pk = row_encoder_key_text(e->enc, e->npk, e->pk, ov, on, &old_len);
+
+			note_changed_key(st, e->report_oid, old_pk, old_len);
+		}
+	}
+
 	/* which rules take it */
 	accepted = palloc0(sizeof(bool) * list_length(e->rules));
 	i = 0;
@@ -825,14 +1009,6 @@ seq_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		}
 		changes = row_encoder_object(e->enc, ov, on, changed);
 	}
-	if (e->npk > 0)
-		pk = row_encoder_key_text(e->enc, e->npk, e->pk, rv, rn, &pk_len);
-	else
-	{
-		pk = "";
-		pk_len = 0;
-	}
-
 	append_rows(st, e, txn, action, accepted, pk, pk_len, record, changes);
 
 	MemoryContextSwitchTo(old);
@@ -888,6 +1064,17 @@ seq_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 		if (!e->captured || !e->pubactions.pubtruncate)
 			continue;
+		{
+			ListCell   *lc;
+
+			foreach(lc, st->windows)
+			{
+				BackfillWindow *w = lfirst(lc);
+
+				if (w->relid == e->report_oid)
+					w->truncated = true;
+			}
+		}
 		if (e->report_oid != e->relid &&
 			!whole_tree_truncated(e->report_oid, nrelations, relations))
 		{
@@ -909,6 +1096,124 @@ seq_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 }
 
 /*
+ * The watermarks of a backfill chunk (see backfill.c).  Low opens the
+ * window; high carries the chunk: rows whose key changed in the window are
+ * dropped, the others become 'read' rows for the table's rules (or the one
+ * rule of the backfill's change table), filters applied as for changes.
+ */
+static void
+backfill_message(DecodeState *st, ReorderBufferTXN *txn, const char *prefix,
+				 Size size, const char *message)
+{
+	BackfillMessage m;
+	BackfillWindow *w;
+	Relation	rel;
+	RelEntry   *e;
+	char	   *data;
+	char	   *p;
+	MemoryContext old;
+
+	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_END) == 0)
+	{
+		char	   *text = pnstrdup(message, size);
+
+		w = find_window(st, strtoll(text, NULL, 10));
+		if (w)
+			close_window(st, w);
+		pfree(text);
+		return;
+	}
+	if (size < sizeof(BackfillMessage))
+		return;
+	memcpy(&m, message, sizeof(m));
+	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_LOW) == 0)
+	{
+		open_window(st, txn, &m);
+		return;
+	}
+	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_HIGH) != 0)
+		return;
+
+	w = find_window(st, m.id);
+	if (st->replay_only || m.nrows == 0)
+	{
+		if (w)
+			close_window(st, w);
+		return;
+	}
+	if (w == NULL)
+		ereport(WARNING,
+				(errmsg("backfill %lld: chunk without its low watermark; its rows are written unchecked",
+						(long long) m.id)));
+
+	rel = RelationIdGetRelation(m.relid);
+	if (!RelationIsValid(rel))
+	{
+		if (w)
+			close_window(st, w);
+		return;
+	}
+	e = get_entry(st, rel);
+	sequin_cdc_decode_position.relname = RelationGetRelationName(rel);
+
+	old = MemoryContextSwitchTo(st->change_cxt);
+	data = palloc(size);		/* maxaligned copy: tuples are read in place */
+	memcpy(data, message, size);
+	p = data + MAXALIGN(sizeof(BackfillMessage));
+	for (int r = 0; e->captured && r < m.nrows && !(w && w->truncated); r++)
+	{
+		uint32		len;
+		HeapTupleData tup;
+		int			natts = e->report_desc->natts;
+		Datum	   *values = palloc(sizeof(Datum) * Max(natts, 1));
+		bool	   *nulls = palloc(sizeof(bool) * Max(natts, 1));
+		bool	   *accepted;
+		bool		any = false;
+		char	   *pk;
+		int			pk_len;
+		ListCell   *lc;
+		int			i = 0;
+
+		memcpy(&len, p, sizeof(len));
+		p += MAXALIGN(sizeof(len));
+		tup.t_len = len;
+		tup.t_data = (HeapTupleHeader) p;
+		ItemPointerSetInvalid(&tup.t_self);
+		tup.t_tableOid = m.relid;
+		p += MAXALIGN(len);
+
+		report_values(e, RelationGetDescr(rel), &tup, values, nulls);
+		pk = e->npk > 0 ? row_encoder_key_text(e->enc, e->npk, e->pk, values, nulls, &pk_len) : "";
+		if (e->npk == 0)
+			pk_len = 0;
+		if (w && window_has_key(w, pk, pk_len, false))
+			continue;			/* its change rows in the window are newer */
+
+		accepted = palloc0(sizeof(bool) * list_length(e->rules));
+		foreach(lc, e->rules)
+		{
+			RetentionRule *rule = lfirst(lc);
+
+			if ((!OidIsValid(m.change_table) || rule->change_table == m.change_table) &&
+				filter_accepts(e, rule, values, nulls))
+			{
+				accepted[i] = true;
+				any = true;
+			}
+			i++;
+		}
+		if (any)
+			append_rows(st, e, txn, 'r', accepted, pk, pk_len,
+						row_encoder_object(e->enc, values, nulls, NULL), NULL);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->change_cxt);
+	RelationClose(rel);
+	if (w)
+		close_window(st, w);
+}
+
+/*
  * Transactional messages with the prefix sequin:transaction_annotations.set
  * set the annotations of the rows that follow in the same transaction
  * (...clear unsets them).  Content that is not JSON is kept as a JSON
@@ -926,6 +1231,11 @@ seq_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	if (!transactional)
 		return;
+	if (strncmp(prefix, "sequin_cdc:backfill.", 20) == 0)
+	{
+		backfill_message(st, txn, prefix, message_size, message);
+		return;
+	}
 	if (strcmp(prefix, SEQUIN_CDC_ANNOTATIONS_CLEAR) == 0)
 	{
 		st->annotations = NULL;

@@ -1,0 +1,572 @@
+/*-------------------------------------------------------------------------
+ *
+ * backfill.c
+ *		The backfill worker: reads a table in primary key chunks and hands
+ *		each chunk to the capture worker through the WAL.
+ *
+ * DBLog's watermark algorithm, with the WAL as the log.  For each chunk:
+ *   1. a transaction writes the low watermark (a transactional logical
+ *      message) and commits;
+ *   2. a second transaction reads the next chunk by primary key (keyset
+ *      pagination, never OFFSET), writes it inside the high watermark
+ *      message, advances the backfill's cursor and commits.
+ * The capture worker decodes both in commit order.  Between the two it
+ * notes the keys of every change of the table; at the high watermark it
+ * drops the chunk rows whose key changed in that window (their change rows
+ * are already in the stream, newer than the chunk) and writes the rest as
+ * 'read' rows, at that position in the stream.  So for every key the last
+ * entry of the stream is the table's row, and the capture worker stays the
+ * single writer of its change tables.
+ *
+ * The cursor advances in the transaction that writes the chunk, so a
+ * restart resumes after the last chunk that reached the WAL and repeats
+ * none.  Workers are started by backfill() and, after a restart, by the
+ * capture worker of the backfill's slot; a session advisory lock keeps one
+ * worker per backfill.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heaptoast.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/message.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "backfill.h"
+#include "sequin_cdc.h"
+
+PG_FUNCTION_INFO_V1(sequin_cdc_start_backfill);
+
+/* advisory lock class of backfill workers: 'SQBF' */
+#define BACKFILL_LOCK_CLASS "1397834310"
+
+typedef struct BackfillWorkerArg
+{
+	int64		id;
+	Oid			dboid;
+	Oid			useroid;
+} BackfillWorkerArg;
+
+typedef struct BackfillJob
+{
+	int64		id;
+	Oid			relid;
+	Oid			change_table;
+	char	   *where_clause;
+	int			chunk_size;
+	int			nkeys;
+	char	  **last_key;		/* NULL before the first chunk */
+} BackfillJob;
+
+void
+sequin_cdc_launch_backfill(int64 id, Oid dboid, Oid useroid)
+{
+	BackgroundWorker bgw;
+	BackfillWorkerArg a = {id, dboid, useroid};
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "sequin_cdc");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "sequin_cdc_backfill_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "sequin_cdc backfill %lld", (long long) id);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "sequin_cdc backfill");
+	memcpy(bgw.bgw_extra, &a, sizeof(a));
+	if (!RegisterDynamicBackgroundWorker(&bgw, NULL))
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a worker for backfill %lld", (long long) id),
+				 errhint("Raise max_worker_processes; the backfill resumes when its slot's capture worker restarts.")));
+}
+
+/* _start_backfill(id): called by backfill() for the row it just inserted */
+Datum
+sequin_cdc_start_backfill(PG_FUNCTION_ARGS)
+{
+	sequin_cdc_require_preload();
+	sequin_cdc_launch_backfill(PG_GETARG_INT64(0), MyDatabaseId, GetUserId());
+	PG_RETURN_VOID();
+}
+
+/*
+ * Start workers for the running backfills of a slot.  The capture worker
+ * calls this when it starts, inside a transaction, so that backfills go on
+ * after a server restart.
+ */
+void
+sequin_cdc_launch_pending_backfills(const char *slot_name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(slot_name)};
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT id, run_as::oid FROM sequin_cdc.backfills "
+							  "WHERE state = 'running' AND slot_name = $1::name",
+							  1, argtypes, args, NULL, true, 0) == SPI_OK_SELECT)
+	{
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+			Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+															  SPI_tuptable->tupdesc, 2, &isnull));
+
+			sequin_cdc_launch_backfill(id, MyDatabaseId, role);
+		}
+	}
+	SPI_finish();
+}
+
+/* Read the backfill's row; false if it is not (yet) there or not running. */
+static bool
+load_job(BackfillJob *job, MemoryContext cxt)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(job->id)};
+	bool		found = false;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT source_table::oid, change_table::oid, where_clause, "
+							  "chunk_size, last_key, state FROM sequin_cdc.backfills WHERE id = $1",
+							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		v;
+		char	   *state = SPI_getvalue(t, d, 6);
+
+		if (strcmp(state, "running") == 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			found = true;
+			job->relid = DatumGetObjectId(SPI_getbinval(t, d, 1, &isnull));
+			v = SPI_getbinval(t, d, 2, &isnull);
+			job->change_table = isnull ? InvalidOid : DatumGetObjectId(v);
+			v = SPI_getbinval(t, d, 3, &isnull);
+			job->where_clause = isnull ? NULL : TextDatumGetCString(v);
+			job->chunk_size = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
+			v = SPI_getbinval(t, d, 5, &isnull);
+			job->last_key = NULL;
+			job->nkeys = 0;
+			if (!isnull)
+			{
+				Datum	   *elems;
+				bool	   *enulls;
+
+				deconstruct_array(DatumGetArrayTypeP(v), TEXTOID, -1, false,
+								  TYPALIGN_INT, &elems, &enulls, &job->nkeys);
+				job->last_key = palloc(sizeof(char *) * Max(job->nkeys, 1));
+				for (int i = 0; i < job->nkeys; i++)
+					job->last_key[i] = TextDatumGetCString(elems[i]);
+			}
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+	return found;
+}
+
+/* Primary key columns of rel, in key order. */
+static int
+primary_key(Relation rel, AttrNumber **keys)
+{
+	HeapTuple	itup;
+	Form_pg_index idx;
+	int			n;
+
+	(void) RelationGetIndexList(rel);
+	if (!OidIsValid(rel->rd_pkindex))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errhint("Add a primary key and start the backfill again.")));
+	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(rel->rd_pkindex));
+	if (!HeapTupleIsValid(itup))
+		elog(ERROR, "cache lookup failed for index %u", rel->rd_pkindex);
+	idx = (Form_pg_index) GETSTRUCT(itup);
+	n = idx->indnkeyatts;
+	*keys = palloc(sizeof(AttrNumber) * n);
+	for (int i = 0; i < n; i++)
+		(*keys)[i] = idx->indkey.values[i];
+	ReleaseSysCache(itup);
+	return n;
+}
+
+/* SELECT * ... WHERE key > last key AND condition ORDER BY key LIMIT chunk */
+static char *
+chunk_query(BackfillJob *job, Relation rel, int nkeys, AttrNumber *keys)
+{
+	StringInfoData q;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT * FROM %s t WHERE ",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	if (job->last_key)
+	{
+		appendStringInfoChar(&q, '(');
+		for (int i = 0; i < nkeys; i++)
+			appendStringInfo(&q, "%st.%s", i ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(desc, keys[i] - 1)->attname)));
+		appendStringInfoString(&q, ") > (");
+		for (int i = 0; i < nkeys; i++)
+			appendStringInfo(&q, "%s$%d::%s", i ? ", " : "", i + 1,
+							 format_type_be(TupleDescAttr(desc, keys[i] - 1)->atttypid));
+		appendStringInfoString(&q, ")");
+	}
+	else
+		appendStringInfoString(&q, "true");
+	if (job->where_clause)
+		appendStringInfo(&q, " AND (%s)", job->where_clause);
+	appendStringInfoString(&q, " ORDER BY ");
+	for (int i = 0; i < nkeys; i++)
+		appendStringInfo(&q, "%st.%s", i ? ", " : "",
+						 quote_identifier(NameStr(TupleDescAttr(desc, keys[i] - 1)->attname)));
+	appendStringInfo(&q, " LIMIT %d", job->chunk_size);
+	return q.data;
+}
+
+/* Close the backfill's open window, if any; caller is in a transaction. */
+void
+sequin_cdc_backfill_end_message(int64 id)
+{
+	char		text[32];
+
+	snprintf(text, sizeof(text), "%lld", (long long) id);
+	LogLogicalMessage(SEQUIN_CDC_BACKFILL_END, text, strlen(text), true);
+}
+
+static void
+write_low_watermark(BackfillJob *job)
+{
+	BackfillMessage m;
+
+	memset(&m, 0, sizeof(m));
+	m.id = job->id;
+	m.relid = job->relid;
+	m.change_table = job->change_table;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	LogLogicalMessage(SEQUIN_CDC_BACKFILL_LOW, (const char *) &m, sizeof(m), true);
+	CommitTransactionCommand();
+}
+
+static void
+append_padded(StringInfo s, const void *data, int len)
+{
+	appendBinaryStringInfo(s, data, len);
+	while (s->len % MAXIMUM_ALIGNOF != 0)
+		appendStringInfoCharMacro(s, '\0');
+}
+
+/*
+ * Read one chunk and write it as the high watermark, with the cursor, in
+ * one transaction.  Returns false when the backfill is over (done, or
+ * cancelled meanwhile).
+ */
+static bool
+write_chunk(BackfillJob *job, MemoryContext cxt)
+{
+	Relation	rel;
+	AttrNumber *keys;
+	int			nkeys;
+	TupleDesc	desc;
+	char	   *query;
+	Oid		   *argtypes;
+	Datum	   *args;
+	uint64		n;
+	StringInfoData msg;
+	BackfillMessage m;
+	Datum	   *values;
+	bool	   *nulls;
+	int		   *spi_col;
+	Datum	   *key_texts = NULL;
+	bool		done;
+	bool		still_running;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(job->relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	nkeys = primary_key(rel, &keys);
+	query = chunk_query(job, rel, nkeys, keys);
+	argtypes = palloc(sizeof(Oid) * nkeys);
+	args = palloc(sizeof(Datum) * nkeys);
+	for (int i = 0; i < nkeys; i++)
+	{
+		argtypes[i] = TEXTOID;
+		args[i] = job->last_key && i < job->nkeys ?
+			CStringGetTextDatum(job->last_key[i]) : (Datum) 0;
+	}
+
+	SPI_connect();
+	if (SPI_execute_with_args(query, job->last_key ? nkeys : 0, argtypes, args,
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "backfill chunk query failed");
+	n = SPI_processed;
+
+	/* SPI rows have the live columns; the message carries table-shaped tuples */
+	spi_col = palloc(sizeof(int) * Max(desc->natts, 1));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		spi_col[i] = att->attisdropped ? 0 :
+			SPI_fnumber(SPI_tuptable->tupdesc, NameStr(att->attname));
+	}
+	values = palloc(sizeof(Datum) * Max(desc->natts, 1));
+	nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
+
+	initStringInfo(&msg);
+	memset(&m, 0, sizeof(m));
+	m.id = job->id;
+	m.relid = job->relid;
+	m.change_table = job->change_table;
+	m.nrows = (int32) n;
+	append_padded(&msg, &m, sizeof(m));
+	for (uint64 r = 0; r < n; r++)
+	{
+		HeapTuple	src = SPI_tuptable->vals[r];
+		HeapTuple	tup;
+		uint32		len;
+
+		for (int i = 0; i < desc->natts; i++)
+		{
+			if (spi_col[i] > 0)
+				values[i] = SPI_getbinval(src, SPI_tuptable->tupdesc, spi_col[i], &nulls[i]);
+			else
+			{
+				values[i] = (Datum) 0;
+				nulls[i] = true;
+			}
+		}
+		tup = heap_form_tuple(desc, values, nulls);
+		if (HeapTupleHasExternal(tup))
+			tup = toast_flatten_tuple(tup, desc);	/* values, not TOAST pointers */
+		len = tup->t_len;
+		append_padded(&msg, &len, sizeof(len));
+		append_padded(&msg, tup->t_data, len);
+
+		if (r == n - 1)
+		{
+			/* the cursor: the last row's key, as text */
+			key_texts = palloc(sizeof(Datum) * nkeys);
+			for (int k = 0; k < nkeys; k++)
+			{
+				Oid			outfunc;
+				bool		isvarlena;
+				Form_pg_attribute att = TupleDescAttr(desc, keys[k] - 1);
+
+				getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+				key_texts[k] = CStringGetTextDatum(OidOutputFunctionCall(outfunc,
+																		 values[keys[k] - 1]));
+			}
+		}
+		heap_freetuple(tup);
+	}
+	done = n < (uint64) job->chunk_size;
+	LogLogicalMessage(SEQUIN_CDC_BACKFILL_HIGH, msg.data, msg.len, true);
+
+	{
+		Oid			uargtypes[4] = {INT8OID, TEXTARRAYOID, INT8OID, BOOLOID};
+		Datum		uargs[4];
+		char		unulls[4] = {' ', ' ', ' ', ' '};
+
+		uargs[0] = Int64GetDatum(job->id);
+		if (key_texts)
+			uargs[1] = PointerGetDatum(construct_array(key_texts, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
+		else
+		{
+			uargs[1] = (Datum) 0;
+			unulls[1] = 'n';
+		}
+		uargs[2] = Int64GetDatum((int64) n);
+		uargs[3] = BoolGetDatum(done);
+		SPI_execute_with_args("UPDATE sequin_cdc.backfills SET "
+							  "last_key = coalesce($2, last_key), chunks = chunks + 1, "
+							  "rows_processed = rows_processed + $3, "
+							  "state = CASE WHEN $4 THEN 'completed' ELSE state END, "
+							  "finished_at = CASE WHEN $4 THEN now() ELSE finished_at END "
+							  "WHERE id = $1 AND state = 'running'",
+							  4, uargtypes, uargs, unulls, false, 0);
+		still_running = SPI_processed == 1;
+	}
+
+	if (key_texts)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		job->nkeys = nkeys;
+		job->last_key = palloc(sizeof(char *) * nkeys);
+		for (int k = 0; k < nkeys; k++)
+			job->last_key[k] = TextDatumGetCString(key_texts[k]);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+
+	if (!still_running)
+	{
+		/* cancelled while we read: this chunk is not sent */
+		AbortCurrentTransaction();
+		StartTransactionCommand();
+		sequin_cdc_backfill_end_message(job->id);
+		CommitTransactionCommand();
+		return false;
+	}
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return !done;
+}
+
+static bool
+take_lock(int64 id)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum((int32) id)};
+	bool		got = false;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT pg_try_advisory_lock(" BACKFILL_LOCK_CLASS ", $1)",
+							  1, argtypes, args, NULL, false, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		got = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	return got;
+}
+
+static void
+run_backfill(BackfillJob *job, MemoryContext cxt)
+{
+	bool		found = false;
+	bool		locked;
+
+	/* backfill() starts us before its transaction commits: wait for it */
+	for (int tries = 0; tries < 300 && !found; tries++)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (tries == 0)
+			locked = take_lock(job->id);
+		found = locked && load_job(job, cxt);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		if (!locked)
+			return;				/* another worker has it */
+		if (!found)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 100, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	if (!found)
+		return;
+
+	ereport(LOG, (errmsg("sequin_cdc backfill %lld started", (long long) job->id)));
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		pgstat_report_activity(STATE_RUNNING, "reading a chunk");
+		write_low_watermark(job);
+		if (!write_chunk(job, cxt))
+			break;
+	}
+	ereport(LOG, (errmsg("sequin_cdc backfill %lld finished", (long long) job->id)));
+}
+
+void
+sequin_cdc_backfill_main(Datum arg)
+{
+	BackfillWorkerArg a;
+	BackfillJob job;
+	MemoryContext cxt;
+
+	memcpy(&a, MyBgworkerEntry->bgw_extra, sizeof(a));
+	memset(&job, 0, sizeof(job));
+	job.id = a.id;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(a.dboid, a.useroid, 0);
+	pgstat_report_appname("sequin_cdc backfill");
+	cxt = AllocSetContextCreate(TopMemoryContext, "sequin_cdc backfill",
+								ALLOCSET_DEFAULT_SIZES);
+
+	PG_TRY();
+	{
+		run_backfill(&job, cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		Oid			argtypes[2] = {INT8OID, TEXTOID};
+		Datum		args[2];
+
+		/* report, then record the failure in the backfill's row */
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+
+		args[0] = Int64GetDatum(job.id);
+		args[1] = CStringGetTextDatum(edata->message ? edata->message : "unknown error");
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+		SPI_execute_with_args("UPDATE sequin_cdc.backfills SET state = 'failed', "
+							  "finished_at = now(), last_error = $2 "
+							  "WHERE id = $1 AND state = 'running'",
+							  2, argtypes, args, NULL, false, 0);
+		SPI_finish();
+		sequin_cdc_backfill_end_message(job.id);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		proc_exit(1);
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}
