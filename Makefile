@@ -31,3 +31,6 @@ include $(PGXS)
 
 # PGXS runs TAP tests from ./t; ours live in test/t
 PROVE_TESTS = test/t/*.pl
+
+# every object depends on every header (PGXS tracks no header dependencies)
+$(OBJS): $(wildcard src/*.h)
