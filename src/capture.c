@@ -250,7 +250,10 @@ write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
 	replorigin_session_origin_lsn = InvalidXLogRecPtr;
 	replorigin_session_origin_timestamp = 0;
 	if (rows > 0)
+	{
 		XLogFlush(XactLastCommitEnd);
+		sequin_cdc_wake_sinks(MyDatabaseId);
+	}
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	my_entry->changes_captured += rows;

@@ -188,3 +188,88 @@ sequin_cdc_origin_name(const char *slot_name, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s%s", SEQUIN_CDC_ORIGIN_PREFIX, slot_name);
 }
+
+/*
+ * Register this process as the worker of a sink; -1 when another live
+ * worker has it or the table is full.  Detached at process exit.
+ */
+static void
+sink_detach_cb(int code, Datum arg)
+{
+	sequin_cdc_sink_detach(DatumGetInt32(arg));
+}
+
+int
+sequin_cdc_sink_attach(int64 sink_id)
+{
+	int			idx = -1;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == MyDatabaseId && s->sink_id == sink_id)
+		{
+			LWLockRelease(SequinCdcShared_state->lock);
+			return -1;
+		}
+		if (!s->in_use && idx < 0)
+			idx = i;
+	}
+	if (idx >= 0)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[idx];
+
+		s->in_use = true;
+		s->dboid = MyDatabaseId;
+		s->sink_id = sink_id;
+		s->pid = MyProcPid;
+		s->latch = MyLatch;
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	if (idx >= 0)
+		before_shmem_exit(sink_detach_cb, Int32GetDatum(idx));
+	return idx;
+}
+
+void
+sequin_cdc_sink_detach(int idx)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	if (SequinCdcShared_state->sinks[idx].pid == MyProcPid)
+		memset(&SequinCdcShared_state->sinks[idx], 0, sizeof(SinkShared));
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+bool
+sequin_cdc_sink_running(Oid dboid, int64 sink_id)
+{
+	bool		running = false;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+			running = true;
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	return running;
+}
+
+/* Wake the sink workers of a database: capture just committed rows. */
+void
+sequin_cdc_wake_sinks(Oid dboid)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == dboid && s->latch)
+			SetLatch(s->latch);
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+}

@@ -65,9 +65,25 @@ typedef struct CaptureSlotShared
 	char		last_error[SEQUIN_CDC_ERROR_LEN];
 } CaptureSlotShared;
 
+/*
+ * A running sink worker, so that capture can wake it when it commits rows
+ * (sink workers sleep on their latch, they do not poll).
+ */
+#define SEQUIN_CDC_MAX_SINKS 64
+
+typedef struct SinkShared
+{
+	bool		in_use;
+	Oid			dboid;
+	int64		sink_id;
+	pid_t		pid;
+	Latch	   *latch;
+} SinkShared;
+
 typedef struct SequinCdcShared
 {
 	LWLock	   *lock;
+	SinkShared	sinks[SEQUIN_CDC_MAX_SINKS];
 	Latch	   *launcher_latch;
 	pid_t		launcher_pid;
 	int			nslots;
@@ -82,6 +98,10 @@ extern int	sequin_cdc_find_slot_entry(const char *slot_name);
 extern void sequin_cdc_wake_launcher(void);
 extern bool sequin_cdc_is_own_origin(RepOriginId origin);
 extern void sequin_cdc_origin_name(const char *slot_name, char *buf, size_t len);
+extern int	sequin_cdc_sink_attach(int64 sink_id);
+extern void sequin_cdc_sink_detach(int idx);
+extern bool sequin_cdc_sink_running(Oid dboid, int64 sink_id);
+extern void sequin_cdc_wake_sinks(Oid dboid);
 
 /* launcher.c */
 extern void sequin_cdc_register_launcher(void);
