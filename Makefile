@@ -10,7 +10,8 @@ OBJS = \
 	src/change_writer.o \
 	src/filter.o \
 	src/backfill.o \
-	src/api.o
+	src/api.o \
+	src/sink_webhook.o
 
 EXTENSION = sequin_cdc
 DATA = $(wildcard sql/sequin_cdc--*.sql)

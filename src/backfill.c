@@ -32,6 +32,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -43,6 +44,7 @@
 #include "replication/message.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -100,25 +102,77 @@ sequin_cdc_launch_backfill(int64 id, Oid dboid, Oid useroid)
 				 errhint("Raise max_worker_processes; the backfill resumes when its slot's capture worker restarts.")));
 }
 
-/* _start_backfill(id): called by backfill() for the row it just inserted */
+/* Backfills started in this transaction, launched when it commits */
+typedef struct PendingLaunch
+{
+	int64		id;
+	Oid			useroid;
+} PendingLaunch;
+
+static List *pending_launches = NIL;
+static bool launch_callback_registered = false;
+
+static void
+launch_at_commit(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_COMMIT)
+	{
+		foreach(lc, pending_launches)
+		{
+			PendingLaunch *p = lfirst(lc);
+
+			sequin_cdc_launch_backfill(p->id, MyDatabaseId, p->useroid);
+		}
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+	{
+		list_free_deep(pending_launches);
+		pending_launches = NIL;
+	}
+}
+
+/*
+ * _start_backfill(id): called by backfill() for the row it just inserted;
+ * the worker starts when that row is committed.
+ */
 Datum
 sequin_cdc_start_backfill(PG_FUNCTION_ARGS)
 {
+	PendingLaunch *p;
+
 	sequin_cdc_require_preload();
-	sequin_cdc_launch_backfill(PG_GETARG_INT64(0), MyDatabaseId, GetUserId());
+	if (!launch_callback_registered)
+	{
+		RegisterXactCallback(launch_at_commit, NULL);
+		launch_callback_registered = true;
+	}
+	p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingLaunch));
+	p->id = PG_GETARG_INT64(0);
+	p->useroid = GetUserId();
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		pending_launches = lappend(pending_launches, p);
+		MemoryContextSwitchTo(old);
+	}
 	PG_RETURN_VOID();
 }
 
 /*
- * Start workers for the running backfills of a slot.  The capture worker
- * calls this when it starts, inside a transaction, so that backfills go on
- * after a server restart.
+ * Start workers for the running backfills of a slot; returns whether there
+ * are any.  The capture worker calls this, inside a transaction, when it
+ * starts (so backfills go on after a server restart) and every few seconds
+ * while backfills run (so one whose worker was terminated goes on).  The
+ * advisory lock turns away a second worker for the same backfill.
  */
-void
+bool
 sequin_cdc_launch_pending_backfills(const char *slot_name)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(slot_name)};
+	bool		any = false;
 
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT id, run_as::oid FROM sequin_cdc.backfills "
@@ -134,9 +188,11 @@ sequin_cdc_launch_pending_backfills(const char *slot_name)
 															  SPI_tuptable->tupdesc, 2, &isnull));
 
 			sequin_cdc_launch_backfill(id, MyDatabaseId, role);
+			any = true;
 		}
 	}
 	SPI_finish();
+	return any;
 }
 
 /* Read the backfill's row; false if it is not (yet) there or not running. */
@@ -312,6 +368,31 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+
+	/*
+	 * A writer's commit record can precede the low watermark while its
+	 * change is not yet visible (it becomes visible after the WAL flush and
+	 * any synchronous replication wait).  Such a change would be neither in
+	 * the chunk nor in the window.  Writers hold their RowExclusiveLock
+	 * until after they are visible, so waiting for the current holders
+	 * (as CREATE INDEX CONCURRENTLY does) makes every writer that committed
+	 * before the low watermark visible to the chunk's snapshot; later ones
+	 * commit inside the window.
+	 */
+	{
+		List	   *tags = NIL;
+		ListCell   *lc;
+
+		foreach(lc, find_all_inheritors(job->relid, NoLock, NULL))
+		{
+			LOCKTAG    *tag = palloc(sizeof(LOCKTAG));
+
+			SET_LOCKTAG_RELATION(*tag, MyDatabaseId, lfirst_oid(lc));
+			tags = lappend(tags, tag);
+		}
+		WaitForLockersMultiple(tags, ShareLock, false);
+	}
+
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rel = table_open(job->relid, AccessShareLock);
 	desc = RelationGetDescr(rel);

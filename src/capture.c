@@ -62,6 +62,7 @@
 #include "change_writer.h"
 #include "compat.h"
 #include "decode.h"
+#include "sink_webhook.h"
 #include "sequin_cdc.h"
 
 typedef struct CaptureConfig
@@ -74,6 +75,10 @@ typedef struct CaptureConfig
 static int	my_index = -1;
 static CaptureSlotShared *my_entry = NULL;
 static LogicalDecodingContext *decoding_ctx = NULL;
+
+/* Backfills of this slot may be running: look after their workers. */
+static bool backfills_active = false;
+#define BACKFILL_CHECK_INTERVAL 10000	/* ms */
 
 static void
 set_state(CaptureState state)
@@ -271,6 +276,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	RepOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
+	TimestampTz last_backfill_check = GetCurrentTimestamp();
 
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
@@ -320,6 +326,31 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		}
 		if (drop_requested())
 			break;
+
+		if (buf->backfill_seen)
+		{
+			backfills_active = true;
+			buf->backfill_seen = false;
+		}
+		if (backfills_active &&
+			TimestampDifferenceExceeds(last_backfill_check, GetCurrentTimestamp(),
+									   BACKFILL_CHECK_INTERVAL))
+		{
+			/* restart the worker of a backfill whose worker died */
+			if (caches_historic)
+			{
+				InvalidateSystemCaches();
+				caches_historic = false;
+			}
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			backfills_active = sequin_cdc_launch_pending_backfills(cfg->slot_name);
+			sequin_cdc_launch_sinks();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			last_backfill_check = GetCurrentTimestamp();
+		}
 
 		flush = sequin_cdc_flush_ptr();
 		if (ctx->reader->EndRecPtr >= flush)
@@ -442,7 +473,8 @@ sequin_cdc_capture_main(Datum arg)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		sequin_cdc_launch_pending_backfills(cfg.slot_name);
+		backfills_active = sequin_cdc_launch_pending_backfills(cfg.slot_name);
+		sequin_cdc_launch_sinks();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		capture_loop(&cfg, cxt);

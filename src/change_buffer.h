@@ -52,6 +52,7 @@ typedef struct ChangeBuffer
 								 * written already: decode, but keep no rows */
 	XLogRecPtr	hold_lsn;		/* an open backfill window started here: do
 								 * not confirm the slot past it */
+	bool		backfill_seen;	/* a backfill watermark was decoded */
 	TimestampTz last_commit_time;
 	char	   *readbuf;		/* reused when reading spilled rows */
 	Size		readbuf_size;

@@ -1129,6 +1129,7 @@ backfill_message(DecodeState *st, ReorderBufferTXN *txn, const char *prefix,
 	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_LOW) == 0)
 	{
 		open_window(st, txn, &m);
+		st->buffer->backfill_seen = true;
 		return;
 	}
 	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_HIGH) != 0)
@@ -1194,7 +1195,9 @@ backfill_message(DecodeState *st, ReorderBufferTXN *txn, const char *prefix,
 		{
 			RetentionRule *rule = lfirst(lc);
 
-			if ((!OidIsValid(m.change_table) || rule->change_table == m.change_table) &&
+			/* rows that exist are for rules that keep inserts */
+			if ((rule->actions & ACT_INSERT) &&
+				(!OidIsValid(m.change_table) || rule->change_table == m.change_table) &&
 				filter_accepts(e, rule, values, nulls))
 			{
 				accepted[i] = true;
