@@ -558,6 +558,48 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+
+    -- retention jobs and sinks (their views are defined further down)
+    FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
+        check_name := format('retention %s', r.change_table);
+        IF r.job_state = 'missing' THEN
+            status := 'error';
+            detail := format('pg_cron job %s is gone: old changes are not removed; run sequin_cdc.set_retention_policy(%L, %L) again',
+                             r.jobid, r.change_table::text, r.keep::text);
+        ELSIF r.job_state = 'inactive' THEN
+            status := 'warning';
+            detail := format('pg_cron job %s is inactive; activate it with cron.alter_job(%s, active => true)', r.jobid, r.jobid);
+        ELSIF r.last_status = 'failed' THEN
+            status := 'warning';
+            detail := format('last run failed: %s', r.last_message);
+        ELSIF r.job_state = 'none' THEN
+            status := 'warning';
+            detail := 'no pg_cron job in this database: schedule it where pg_cron runs (see set_retention_policy''s hint)';
+        ELSE
+            status := 'ok';
+            detail := format('keep %s, %s, job %s', r.keep, r.schedule, r.jobid);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR r IN SELECT * FROM sequin_cdc.pg_stat_sinks ORDER BY name LOOP
+        check_name := format('sink %s', r.name);
+        IF r.state = 'paused' THEN
+            status := 'ok'; detail := 'paused';
+        ELSIF r.worker_pid IS NULL THEN
+            status := 'error';
+            detail := format('no delivery worker is running; start it with sequin_cdc.resume_sink(%L) and check the server log', r.name);
+        ELSIF r.consecutive_failures > 0 THEN
+            status := 'warning';
+            detail := format('%s failed attempts in a row (last HTTP status %s: %s); %s changes waiting',
+                             r.consecutive_failures, coalesce(r.last_http_status::text, 'none'),
+                             coalesce(r.last_error, ''), r.backlog);
+        ELSE
+            status := 'ok';
+            detail := format('%s changes waiting', r.backlog);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.health() IS
