@@ -277,6 +277,8 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	List	   *options;
 	bool		caches_historic = false;
 	TimestampTz last_backfill_check = GetCurrentTimestamp();
+	TimestampTz last_write = 0;
+	TimestampTz first_buffered = 0;
 
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
@@ -316,6 +318,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	{
 		XLogRecPtr	flush;
 		XLogRecPtr	end;
+		bool		caught_up;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -353,41 +356,54 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		}
 
 		flush = sequin_cdc_flush_ptr();
-		if (ctx->reader->EndRecPtr >= flush)
+		if (ctx->reader->EndRecPtr < flush)
 		{
-			pgstat_report_activity(STATE_IDLE, NULL);
-			(void) WaitLatch(MyLatch,
-							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 sequin_cdc_poll_interval, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			continue;
+			if (!caches_historic)
+			{
+				InvalidateSystemCaches();
+				caches_historic = true;
+			}
+			decode_batch(ctx, buf, flush);
 		}
+		caught_up = ctx->reader->EndRecPtr >= flush;
 
-		if (!caches_historic)
-		{
-			InvalidateSystemCaches();
-			caches_historic = true;
-		}
-		decode_batch(ctx, buf, flush);
-		end = ctx->reader->EndRecPtr;
-
+		/*
+		 * Write when the batch is full or spilled, when its first row has
+		 * waited sequin_cdc.batch_delay, or at once when the last write is
+		 * that long ago: an isolated change is not held back, and a steady
+		 * stream is written in a few larger transactions rather than many
+		 * small ones.
+		 */
 		if (buf->nrows > 0)
 		{
-			InvalidateSystemCaches();
-			caches_historic = false;
-			write_batch(cfg, buf);
-			buf->skip_upto = buf->last_commit_end;
-			change_buffer_reset(buf);
+			TimestampTz now = GetCurrentTimestamp();
+
+			if (first_buffered == 0)
+				first_buffered = now;
+			if (buf->nrows >= (uint64) sequin_cdc_batch_changes || buf->file != NULL ||
+				TimestampDifferenceExceeds(last_write, now, sequin_cdc_batch_delay) ||
+				TimestampDifferenceExceeds(first_buffered, now, sequin_cdc_batch_delay))
+			{
+				InvalidateSystemCaches();
+				caches_historic = false;
+				write_batch(cfg, buf);
+				buf->skip_upto = buf->last_commit_end;
+				change_buffer_reset(buf);
+				last_write = GetCurrentTimestamp();
+				first_buffered = 0;
+			}
 		}
 
 		/*
-		 * Everything before end is written or of no interest: confirm it,
-		 * never backwards, and not past an open backfill window, whose
-		 * changed keys must be seen again after a restart.
+		 * With nothing waiting, everything before end is written or of no
+		 * interest: confirm it, never backwards, and not past an open
+		 * backfill window, whose changed keys must be seen again after a
+		 * restart.
 		 */
+		end = ctx->reader->EndRecPtr;
 		if (!XLogRecPtrIsInvalid(buf->hold_lsn) && buf->hold_lsn < end)
 			end = buf->hold_lsn;
-		if (end > MyReplicationSlot->data.confirmed_flush)
+		if (buf->nrows == 0 && end > MyReplicationSlot->data.confirmed_flush)
 		{
 			LogicalConfirmReceivedLocation(end);
 			ReplicationSlotMarkDirty();
@@ -397,6 +413,29 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		my_entry->last_decoded_lsn = ctx->reader->EndRecPtr;
 		my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
 		LWLockRelease(SequinCdcShared_state->lock);
+
+		if (caught_up)
+		{
+			long		timeout = sequin_cdc_poll_interval;
+
+			if (buf->nrows > 0)
+			{
+				long		secs;
+				int			usecs;
+
+				/* until the buffered rows are due */
+				TimestampDifference(GetCurrentTimestamp(),
+									TimestampTzPlusMilliseconds(first_buffered, sequin_cdc_batch_delay),
+									&secs, &usecs);
+				timeout = Min(timeout, Max(1, secs * 1000 + usecs / 1000));
+			}
+			else
+				pgstat_report_activity(STATE_IDLE, NULL);
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 timeout, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 
 	ereport(LOG,
