@@ -44,6 +44,7 @@
 #include "replication/decode.h"
 #include "replication/logical.h"
 #include "replication/origin.h"
+#include "replication/reorderbuffer.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -287,6 +288,20 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	LWLockRelease(SequinCdcShared_state->lock);
 
 	sequin_cdc_slot_acquire(cfg->slot_name);
+
+	/*
+	 * The reorder buffer holds up to logical_decoding_work_mem before it
+	 * spills, and its allocations cost about half as much again in RSS:
+	 * sequin_cdc.decoding_work_mem caps it for the capture worker.
+	 */
+	if (sequin_cdc_decoding_work_mem > 0 &&
+		sequin_cdc_decoding_work_mem < logical_decoding_work_mem)
+	{
+		char		value[32];
+
+		snprintf(value, sizeof(value), "%dkB", Max(64, sequin_cdc_decoding_work_mem));
+		SetConfigOption("logical_decoding_work_mem", value, PGC_USERSET, PGC_S_SESSION);
+	}
 
 	buf = change_buffer_create(cxt, (Size) sequin_cdc_buffer_memory * 1024);
 	buf->skip_upto = written_upto;

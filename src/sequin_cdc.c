@@ -31,8 +31,9 @@ void		_PG_init(void);
 int			sequin_cdc_poll_interval = 50;
 int			sequin_cdc_batch_changes = 20000;
 int			sequin_cdc_batch_delay = 200;
-int			sequin_cdc_buffer_memory = 16384;
+int			sequin_cdc_buffer_memory = 8192;
 int			sequin_cdc_restart_delay = 1000;
+int			sequin_cdc_decoding_work_mem = 32768;
 static int	sequin_cdc_max_lag = 1024 * 1024;
 
 SequinCdcShared *SequinCdcShared_state = NULL;
@@ -103,7 +104,12 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("sequin_cdc.buffer_memory",
 							"Memory a capture worker uses for decoded rows before it spills them to a temporary file.",
-							NULL, &sequin_cdc_buffer_memory, 16384, 64, MAX_KILOBYTES,
+							NULL, &sequin_cdc_buffer_memory, 8192, 64, MAX_KILOBYTES,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomIntVariable("sequin_cdc.decoding_work_mem",
+							"Upper limit on logical_decoding_work_mem for capture workers; -1 means no limit of its own.",
+							"Transactions whose decoded changes pass it spill to disk.  Takes effect when a worker starts.",
+							&sequin_cdc_decoding_work_mem, 32768, -1, MAX_KILOBYTES,
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomIntVariable("sequin_cdc.restart_delay",
 							"Time the launcher waits before restarting a capture worker that stopped on an error.",

@@ -28,6 +28,8 @@ extern int	sequin_cdc_batch_changes;	/* changes per write transaction */
 extern int	sequin_cdc_batch_delay;	/* ms of decoding before a write */
 extern int	sequin_cdc_buffer_memory;	/* kB of rows kept before spilling */
 extern int	sequin_cdc_restart_delay;	/* ms before a failed worker restarts */
+extern int	sequin_cdc_decoding_work_mem;	/* kB, logical_decoding_work_mem of
+											 * capture workers, -1 = server's */
 
 /* What a capture worker is doing, as pg_stat_capture shows it */
 typedef enum CaptureState
