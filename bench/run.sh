@@ -29,7 +29,11 @@
 #       raw write    INSERT ... SELECT of the same change rows, pre-built in
 #                    an unlogged table, into an empty change table
 #     All three slots are created before the backlog, so they decode the same
-#     WAL.  Rate = real row changes (pg_stat_user_tables) / seconds.
+#     WAL.  Rate = real row changes (pg_stat_user_tables) / seconds.  orders
+#     is vacuumed and a checkpoint taken (untimed) before each contestant.
+#     Before any run, ~1.5 GB of WAL is written and recycled (WARM_WAL_MB):
+#     on a new cluster the first run otherwise pays for creating WAL segment
+#     files (seen: ~100k instead of ~170k changes/s for sequin_cdc).
 #  2. online: pgbench -c ONLINE_CLIENTS for ONLINE_SECONDS, synchronous
 #     commit, each configuration from the same fresh state:
 #       slot-only    a sequin_cdc slot without any retention rule: the worker
@@ -42,7 +46,9 @@
 #     itself is not included), and the staleness of the change table sampled
 #     every 100 ms: clock_timestamp() - pg_stat_capture.last_commit_time
 #     (last_commit_time is set after the write commits).  Final lag drained:
-#     from pgbench's exit until wait_for_capture() returns.
+#     from pgbench's exit until wait_for_capture() returns.  Also shown: the
+#     capture worker's CPU (utime+stime) and the machine's CPU busy share
+#     (/proc/stat, all processes) during each run.
 #  3. memory: capture worker RSS while it captures one INSERT ... SELECT
 #     generate_series transaction of MEM_ROWS_SMALL and MEM_ROWS_BIG rows into
 #     a narrow table (fresh worker each run).  Growth = peak RssAnon (sampled
@@ -64,9 +70,13 @@
 #   MEM_ROWS_SMALL=1000000 MEM_ROWS_BIG=10000000 (0 = skip that size)
 #   MEM_RUNS=$RUNS       runs of each memory size
 #   IDLE_SECONDS=60
+#   WARM_WAL_MB=1536     WAL written and recycled before the first run (0: none)
 #   PHASES="drain online memory idle"   which figures to measure
-#   PERF=1               one extra drain run (not counted) with `perf record`
-#                        of the capture worker; report in $BENCH_OUT
+#   PERF=1               one extra drain run and one extra sequin_cdc online
+#                        run (not counted) with `perf record` of the capture
+#                        worker; reports in $BENCH_OUT/perf-*.txt
+#   EXTRA_CONF="a = 1; b = 2"   more postgresql.conf lines (later lines win),
+#                        e.g. "logical_decoding_work_mem = 32MB"
 #   BENCH_OUT=bench/out  raw logs, pgbench output, profiles
 #   SKIP_DEPS=1 KEEP_CLUSTER=1 SEQUIN_PORT=N   as for test/lib/cluster.sh
 
@@ -77,6 +87,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$BENCH_DIR/../test/lib/cluster.sh"
 
 # pg_cron is not needed here; keep its launcher out of the measurements.
+# shellcheck disable=SC2034  # read by start_cluster (test/lib/cluster.sh)
 SEQUIN_PRELOAD=sequin_cdc
 
 # ---------------------------------------------------------------------------
@@ -104,7 +115,17 @@ BENCH_CONF=(
     "synchronous_commit = on"
     "log_min_messages = warning"
     "log_checkpoints = on"
+    "log_autovacuum_min_duration = 0"
 )
+# EXTRA_CONF: more postgresql.conf lines, separated by ';' (e.g.
+# EXTRA_CONF="logical_decoding_work_mem = 32MB; sequin_cdc.batch_changes = 50000")
+if [[ -n "${EXTRA_CONF:-}" ]]; then
+    IFS=';' read -r -a _extra <<<"$EXTRA_CONF"
+    for _line in "${_extra[@]}"; do
+        _line="${_line#"${_line%%[![:space:]]*}"}"
+        [[ -z "$_line" ]] || BENCH_CONF+=("$_line")
+    done
+fi
 
 DB=bench
 SLOT=bench
@@ -234,6 +255,12 @@ cpu_ticks() { # pid -> utime + stime in clock ticks
     echo $(( ${12} + ${13} ))  # fields 14 and 15
 }
 
+machine_ticks() { # "busy total" jiffies of all CPUs (/proc/stat; busy = all but idle and iowait)
+    local _cpu u n sy id io irq sirq st _rest
+    read -r _cpu u n sy id io irq sirq st _rest </proc/stat
+    echo "$((u + n + sy + irq + sirq + st)) $((u + n + sy + id + io + irq + sirq + st))"
+}
+
 perf_works() {
     command -v perf >/dev/null 2>&1 && perf record -q -e cpu-clock -o /dev/null true >/dev/null 2>&1
 }
@@ -261,7 +288,8 @@ drain_run() { # run-label [perf]
     c1="$(sql -c "SELECT bench_row_changes('orders')")"
     changes=$((c1 - c0))
     note "drain $label: backlog of $changes row changes made in $(fmt "$(elapsed "$t0" "$t1")" 1) s, WAL $(sql -c "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) FROM pg_replication_slots WHERE slot_name = 'diy'")"
-    sql -c "CHECKPOINT"
+    # leave autovacuum nothing to do on orders while the contestants are timed
+    sql -c "VACUUM ANALYZE orders" -c "CHECKPOINT"
 
     # sequin_cdc: let the launcher restart the worker, wait until caught up
     sql -c "ALTER SYSTEM RESET sequin_cdc.restart_delay" >/dev/null
@@ -336,11 +364,11 @@ phase_drain() {
         if perf_works; then
             log "figure 1: extra drain run under perf (not counted)"
             drain_run perf 1
-            perf report -i "$BENCH_OUT/perf-drain.data" --stdio --no-children --sort symbol \
+            perf report -i "$BENCH_OUT/perf-drain.data" --stdio --no-children --sort symbol -g none \
                 >"$BENCH_OUT/perf-drain-flat.txt" 2>/dev/null || true
             perf report -i "$BENCH_OUT/perf-drain.data" --stdio --no-children --sort dso \
                 >"$BENCH_OUT/perf-drain-dso.txt" 2>/dev/null || true
-            perf report -i "$BENCH_OUT/perf-drain.data" --stdio --children --sort symbol \
+            perf report -i "$BENCH_OUT/perf-drain.data" --stdio --children --sort symbol -g none \
                 >"$BENCH_OUT/perf-drain-children.txt" 2>/dev/null || true
             note "profile: $BENCH_OUT/perf-drain-flat.txt (self), perf-drain-children.txt, perf-drain-dso.txt"
         else
@@ -352,8 +380,8 @@ phase_drain() {
 # ---------------------------------------------------------------------------
 # Figure 2: online
 # ---------------------------------------------------------------------------
-online_run() { # config run
-    local cfg="$1" r="$2" tps t0 t1 samp sampler="" stats logf
+online_run() { # config run [profile]
+    local cfg="$1" r="$2" profile="${3:-0}" tps t0 t1 samp sampler="" stats logf mb0 mt0 mb1 mt1
     reset_state
     case "$cfg" in
         slot) create_sequin_slot ;;
@@ -363,7 +391,7 @@ online_run() { # config run
     sql -c "CHECKPOINT"
     logf="$BENCH_OUT/online-$cfg-$r.log"
     samp="$BENCH_OUT/online-$cfg-$r.staleness"
-    if [[ "$cfg" == sequin ]]; then
+    if [[ "$cfg" == sequin && "$profile" != 1 ]]; then
         # staleness sampler: starts 1 s into the run, stops when pgbench exits
         printf '%s\n' "SELECT pg_sleep(1);" \
             "SELECT extract(epoch FROM clock_timestamp() - last_commit_time) * 1000 FROM sequin_cdc.pg_stat_capture WHERE slot_name = '$SLOT';" \
@@ -371,9 +399,32 @@ online_run() { # config run
         psql -X -At -d "$DB" -f "$BENCH_OUT/.staleness.sql" >"$samp" 2>/dev/null &
         sampler=$!
     fi
+    local wpid="" w0=0 w1 m0 m1 perfpid=""
+    [[ "$cfg" == trigger ]] || { wpid="$(wait_worker)"; w0="$(cpu_ticks "$wpid")"; }
+    if [[ "$profile" == 1 && -n "$wpid" ]]; then
+        perf record -q -e cpu-clock -g -p "$wpid" -o "$BENCH_OUT/perf-online.data" >/dev/null 2>&1 &
+        perfpid=$!
+    fi
+    m0="$(machine_ticks)"
     t0="$(now)"
     tps="$(run_pgbench "$logf" -c "$ONLINE_CLIENTS" -j "$ONLINE_CLIENTS" -T "$ONLINE_SECONDS")"
     t1="$(now)"
+    m1="$(machine_ticks)"
+    if [[ -n "$perfpid" ]]; then
+        kill -INT "$perfpid" 2>/dev/null || true
+        wait "$perfpid" 2>/dev/null || true
+    fi
+    if [[ -n "$wpid" ]]; then
+        w1="$(cpu_ticks "$wpid")"
+        [[ "$profile" == 1 ]] || record "online_${cfg}_wcpu" "$(calc "100 * ($w1 - $w0) / $(getconf CLK_TCK) / $(elapsed "$t0" "$t1")")"
+    fi
+    read -r mb0 mt0 <<<"$m0"
+    read -r mb1 mt1 <<<"$m1"
+    if [[ "$profile" == 1 ]]; then
+        note "online (profiled, not counted) $cfg: $(fmt "$tps") tps"
+        return 0
+    fi
+    record "online_${cfg}_mcpu" "$(calc "100 * ($mb1 - $mb0) / ($mt1 - $mt0)")"
     record "online_$cfg" "$tps"
     if [[ "$cfg" == sequin ]]; then
         capture_wait '10 min'
@@ -401,9 +452,9 @@ online_run() { # config run
             record online_stale_p99 "$s99"
             record online_stale_max "$smax"
         fi
-        note "online $r sequin_cdc: $(fmt "$tps") tps, $nrows change rows, lag p50/p99/max $(fmt "$p50" 1)/$(fmt "$p99" 1)/$(fmt "$pmax" 1) ms, staleness p50/p99/max $(fmt "${s50:-0}" 1)/$(fmt "${s99:-0}" 1)/$(fmt "${smax:-0}" 1) ms (${ns:-0} samples), drained in $(fmt "$(calc "$drained * 1000")") ms"
+        note "online $r sequin_cdc: $(fmt "$tps") tps, worker CPU $(fmt "$(echo "${RES[online_sequin_wcpu]}" | awk '{print $NF}')" 1) %, machine CPU busy $(fmt "$(echo "${RES[online_sequin_mcpu]}" | awk '{print $NF}')") %, $nrows change rows, lag p50/p99/max $(fmt "$p50" 1)/$(fmt "$p99" 1)/$(fmt "$pmax" 1) ms, staleness p50/p99/max $(fmt "${s50:-0}" 1)/$(fmt "${s99:-0}" 1)/$(fmt "${smax:-0}" 1) ms (${ns:-0} samples), drained in $(fmt "$(calc "$drained * 1000")") ms"
     else
-        note "online $r $cfg: $(fmt "$tps") tps"
+        note "online $r $cfg: $(fmt "$tps") tps${wpid:+, worker CPU $(fmt "$(echo "${RES[online_${cfg}_wcpu]}" | awk '{print $NF}')" 1) %}, machine CPU busy $(fmt "$(echo "${RES[online_${cfg}_mcpu]}" | awk '{print $NF}')") %"
     fi
 }
 
@@ -417,6 +468,19 @@ phase_online() {
         record online_ratio_sequin "$(calc "$(echo "${RES[online_sequin]}" | awk '{print $NF}') / $(echo "${RES[online_slot]}" | awk '{print $NF}')")"
         record online_ratio_trigger "$(calc "$(echo "${RES[online_trigger]}" | awk '{print $NF}') / $(echo "${RES[online_slot]}" | awk '{print $NF}')")"
     done
+    if [[ "$PERF" == 1 ]]; then
+        if perf_works; then
+            log "figure 2: extra sequin_cdc online run under perf (not counted)"
+            online_run sequin perf 1
+            perf report -i "$BENCH_OUT/perf-online.data" --stdio --no-children --sort symbol -g none \
+                >"$BENCH_OUT/perf-online-flat.txt" 2>/dev/null || true
+            perf report -i "$BENCH_OUT/perf-online.data" --stdio --children --sort symbol -g none \
+                >"$BENCH_OUT/perf-online-children.txt" 2>/dev/null || true
+            note "profile: $BENCH_OUT/perf-online-flat.txt (self), perf-online-children.txt"
+        else
+            note "PERF=1: perf does not work here, no profile"
+        fi
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -531,6 +595,15 @@ verdict() { # condition-as-awk-expr
     if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi
 }
 
+# load average, and other PostgreSQL servers running on this machine (they
+# share the cores with the benchmark and make its figures noisy)
+machine_load() {
+    local others
+    others="$(pgrep -x postgres -a 2>/dev/null | grep -c -- ' -D ' || true)"
+    others=$((others > 0 ? others - 1 : 0))
+    echo "loadavg $(cut -d' ' -f1-3 /proc/loadavg), other postgres servers running: $others"
+}
+
 machine_facts() {
     echo "## Machine"
     echo "cores (nproc):   $(nproc)"
@@ -540,10 +613,11 @@ machine_facts() {
     echo "disk (cluster):  $(df -Ph "$SEQUIN_CLUSTER_DIR" | awk 'NR == 2 { print $1 ", " $4 " free of " $2 }')"
     echo "PostgreSQL:      $(sql -c "SELECT version()")"
     echo "sequin_cdc:      $(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'") (installed $(stat -c %y "$($PG_CONFIG --pkglibdir)/sequin_cdc.so" | cut -d. -f1))"
-    echo "settings:        $(sql -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings
+    echo "settings:        $(sql -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings
         WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout',
                        'full_page_writes', 'wal_compression', 'logical_decoding_work_mem', 'work_mem', 'autovacuum',
                        'sequin_cdc.batch_changes', 'sequin_cdc.batch_delay', 'sequin_cdc.buffer_memory', 'sequin_cdc.poll_interval')")"
+    echo "load:            $(machine_load)"
     echo "sizes:           RUNS=$RUNS BACKLOG_TXNS=$BACKLOG_TXNS (x4 changes) DIY_BATCH=$DIY_BATCH ONLINE_CLIENTS=$ONLINE_CLIENTS ONLINE_SECONDS=$ONLINE_SECONDS MEM_ROWS_SMALL=$MEM_ROWS_SMALL MEM_ROWS_BIG=$MEM_ROWS_BIG MEM_RUNS=$MEM_RUNS IDLE_SECONDS=$IDLE_SECONDS"
 }
 
@@ -577,6 +651,10 @@ report() {
             "sequin >=0.95x slot-only" "$(verdict "$rs >= 0.95")"
         # shellcheck disable=SC2059
         printf "$fmtrow" "2 online, tps / slot-only" "$(fmt "$rs" 3)" "-" "$(fmt "$rt" 3)" "1" "-" "-" "" "(trigger $(fmt "$rt" 2)x)"
+        # shellcheck disable=SC2059
+        printf "$fmtrow" "2 online, capture worker CPU, % of a core" "$(fmt "$(med online_sequin_wcpu)" 1)" "-" "-" "$(fmt "$(med online_slot_wcpu)" 1)" "-" "-" "" ""
+        # shellcheck disable=SC2059
+        printf "$fmtrow" "2 online, machine CPU busy, % of all cores" "$(fmt "$(med online_sequin_mcpu)")" "-" "$(fmt "$(med online_trigger_mcpu)")" "$(fmt "$(med online_slot_mcpu)")" "-" "-" "" ""
         # shellcheck disable=SC2059
         printf "$fmtrow" "2 lag commit->row p50 / p99 / max, ms" \
             "$(fmt "$(med online_lag_p50)") / $(fmt "$(med online_lag_p99)") / $(fmt "$(med online_lag_max)")" "-" "0 (same txn)" "-" "-" "-" \
@@ -614,6 +692,7 @@ report() {
     local k
     for k in drain_changes drain_sequin drain_sequin_s drain_diy drain_decode drain_write \
         online_slot online_sequin online_trigger online_ratio_sequin online_ratio_trigger \
+        online_slot_wcpu online_sequin_wcpu online_slot_mcpu online_sequin_mcpu online_trigger_mcpu \
         online_lag_p50 online_lag_p99 online_lag_max online_stale_p50 online_stale_p99 online_stale_max online_drained_ms; do
         [[ -n "${RES[$k]:-}" ]] || continue
         printf '  %-22s %s\n' "$k" "$(for v in ${RES[$k]}; do printf '%s  ' "$(fmt_auto "$v")"; done)"
@@ -640,10 +719,27 @@ IDLE_TOTAL=""
 
 ensure_deps
 pick_run_user
-trap stop_cluster EXIT
+# keep the server log (checkpoints, autovacuum runs) with the results
+# shellcheck disable=SC2317  # called by the EXIT trap
+on_exit() {
+    local rc=$?
+    [[ -z "$SEQUIN_CLUSTER_DIR" || ! -f "$SEQUIN_CLUSTER_DIR/server.log" ]] \
+        || cp "$SEQUIN_CLUSTER_DIR/server.log" "$BENCH_OUT/server.log" 2>/dev/null || true
+    stop_cluster "$rc"
+}
+trap on_exit EXIT
 start_cluster "$DB" "${BENCH_CONF[@]}"
 psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE $DB"
 sql -f "$BENCH_DIR/sql/setup.sql" >/dev/null
+
+# WAL warm-up: a new cluster has to create (zero-fill) every WAL segment it
+# writes, a warm one recycles them.  Write and recycle ~WARM_WAL_MB of WAL so
+# that the first run does not pay for that and the later ones do not.
+if [[ "${WARM_WAL_MB:-1536}" -gt 0 ]]; then
+    log "WAL warm-up (${WARM_WAL_MB:-1536} MB)"
+    sql -c "CREATE TABLE wal_warmup AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, ${WARM_WAL_MB:-1536} * 4000) g" \
+        -c "DROP TABLE wal_warmup" -c "CHECKPOINT" -c "CHECKPOINT"
+fi
 
 START="$(now)"
 FACTS="$(machine_facts)"
@@ -662,6 +758,7 @@ done
     echo
     echo "# sequin_cdc benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(fmt "$(elapsed "$START" "$(now)")") s"
     echo "$FACTS"
+    echo "load at end:     $(machine_load)"
     report
 } | tee "$BENCH_OUT/report.txt"
 echo "(raw logs in $BENCH_OUT)"
