@@ -331,6 +331,13 @@ SELECT count(*) = :changes_rows AS changes_untouched FROM sequin_cdc.changes;
 SELECT count(*) = :other_rows AS other_untouched FROM ret_other;
 SELECT slot_name, state, changes_captured, errors FROM sequin_cdc.pg_stat_capture WHERE slot_name = 'ret_s';
 
+-- health() reports the policy's job, and a job deleted behind its back
+SELECT check_name, status FROM sequin_cdc.health() WHERE check_name LIKE 'retention%' ORDER BY 1;
+SELECT cron.unschedule(jobid) FROM sequin_cdc.retention_policies WHERE change_table = 'ret_cap'::regclass;
+SELECT check_name, status, detail LIKE '%is gone%' AS says_gone
+  FROM sequin_cdc.health() WHERE check_name LIKE 'retention%' ORDER BY 1;
+SELECT sequin_cdc.set_retention_policy('ret_cap', '30 days') IS NOT NULL AS rescheduled;
+
 -- clean up
 SELECT sequin_cdc.drop_retention_policy('ret_cap');
 SELECT sequin_cdc.drop_slot('ret_s');
