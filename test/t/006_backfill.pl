@@ -662,7 +662,7 @@ if (want('f'))
 	ok($st eq 'completed' || $st eq 'failed',
 		"SIGTERM: the backfill does not stay running without a worker (state after 30 s: "
 		  . bf_stat($bf)->{state} . ', backfill workers: ' . (backfill_pid() eq '' ? 0 : 1) . ')');
-	ok(SequinNode::wait_for_capture($node, 'postgres', '10s'),
+	ok(SequinNode::wait_for_capture($node, 'postgres', '120s'),
 		'SIGTERM: the slot is not held by the window of the terminated worker');
 	if (bf_stat($bf)->{state} eq 'running')
 	{
