@@ -990,6 +990,30 @@ post_batch(PostResult *r)
 /* ---- bookkeeping transactions ---- */
 
 /*
+ * Run one of the sink row's UPDATEs in a short transaction of its own;
+ * false if the sink's row is gone.
+ */
+static bool
+update_sink_row(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
+				Datum *args, const char *nulls, const char *what)
+{
+	bool		found;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute_plan(kept_plan(plan, sql, nargs, argtypes), args, nulls,
+						 false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not %s of sink %lld", what, (long long) cfg.id);
+	found = SPI_processed == 1;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
  * After a 2xx: move the cursor past the batch, if it still is where the
  * batch started, and count.  False if the sink is gone.
  */
@@ -998,7 +1022,6 @@ save_success(PostResult *r)
 {
 	Oid			argtypes[5] = {INT8OID, INT8OID, INT8OID, INT8OID, INT4OID};
 	Datum		args[5];
-	bool		found;
 
 	args[0] = Int64GetDatum(cfg.id);
 	args[1] = Int64GetDatum(batch.start_cursor);
@@ -1006,25 +1029,14 @@ save_success(PostResult *r)
 	args[3] = Int64GetDatum((int64) batch.nrows);
 	args[4] = Int32GetDatum((int32) r->status);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	if (SPI_execute_plan(kept_plan(&success_plan,
-								   "UPDATE sequin_cdc.sinks SET "
-								   "cursor_seq = CASE WHEN cursor_seq = $2 THEN $3 ELSE cursor_seq END, "
-								   "delivered = delivered + $4, requests = requests + 1, "
-								   "consecutive_failures = 0, last_http_status = $5, "
-								   "last_success_at = pg_catalog.now() "
-								   "WHERE id = $1",
-								   5, argtypes),
-						 args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not save the cursor of sink %lld", (long long) cfg.id);
-	found = SPI_processed == 1;
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	return found;
+	return update_sink_row(&success_plan,
+						   "UPDATE sequin_cdc.sinks SET "
+						   "cursor_seq = CASE WHEN cursor_seq = $2 THEN $3 ELSE cursor_seq END, "
+						   "delivered = delivered + $4, requests = requests + 1, "
+						   "consecutive_failures = 0, last_http_status = $5, "
+						   "last_success_at = pg_catalog.now() "
+						   "WHERE id = $1",
+						   5, argtypes, args, NULL, "save the cursor");
 }
 
 /* Count a failed attempt and keep its error.  False if the sink is gone. */
@@ -1034,7 +1046,6 @@ save_failure(bool http, long status, const char *error)
 	Oid			argtypes[4] = {INT8OID, BOOLOID, INT4OID, TEXTOID};
 	Datum		args[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
-	bool		found;
 
 	args[0] = Int64GetDatum(cfg.id);
 	args[1] = BoolGetDatum(http);
@@ -1043,26 +1054,15 @@ save_failure(bool http, long status, const char *error)
 		nulls[2] = 'n';
 	args[3] = CStringGetTextDatum(error);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	if (SPI_execute_plan(kept_plan(&failure_plan,
-								   "UPDATE sequin_cdc.sinks SET "
-								   "requests = requests + CASE WHEN $2 THEN 1 ELSE 0 END, "
-								   "failed_attempts = failed_attempts + 1, "
-								   "consecutive_failures = consecutive_failures + 1, "
-								   "last_http_status = $3, last_error = $4, "
-								   "last_failure_at = pg_catalog.now() "
-								   "WHERE id = $1",
-								   4, argtypes),
-						 args, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not record a failure of sink %lld", (long long) cfg.id);
-	found = SPI_processed == 1;
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	return found;
+	return update_sink_row(&failure_plan,
+						   "UPDATE sequin_cdc.sinks SET "
+						   "requests = requests + CASE WHEN $2 THEN 1 ELSE 0 END, "
+						   "failed_attempts = failed_attempts + 1, "
+						   "consecutive_failures = consecutive_failures + 1, "
+						   "last_http_status = $3, last_error = $4, "
+						   "last_failure_at = pg_catalog.now() "
+						   "WHERE id = $1",
+						   4, argtypes, args, nulls, "record a failure");
 }
 
 /* ---- the loop ---- */
