@@ -49,6 +49,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -80,6 +81,30 @@ static LogicalDecodingContext *decoding_ctx = NULL;
 /* Backfills of this slot may be running: look after their workers. */
 static bool backfills_active = false;
 #define BACKFILL_CHECK_INTERVAL 10000	/* ms */
+
+/*
+ * PROC_IN_LOGICAL_DECODING, which CreateDecodingContext sets, tells other
+ * backends that this process manages its xmin through the slot: their
+ * snapshots leave its xid out (GetSnapshotData skips such backends).  That
+ * is right while it decodes, and wrong while it writes change rows: a
+ * reader whose snapshot did not list the running write transaction, but
+ * saw a later one complete, judges the batch's rows as left by an aborted
+ * transaction and sets HEAP_XMIN_INVALID on them, and they stay invisible
+ * after the batch commits.  So the flag is set only around decoding; every
+ * transaction of the worker's own runs without it.
+ */
+static void
+set_decoding_flag(bool decoding)
+{
+	Assert(!IsTransactionState());
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (decoding)
+		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+	else
+		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
 
 static void
 set_state(CaptureState state)
@@ -210,6 +235,7 @@ decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
 	int			n = 0;
 
 	pgstat_report_activity(STATE_RUNNING, "decoding");
+	set_decoding_flag(true);
 	while (ctx->reader->EndRecPtr < upto)
 	{
 		char	   *errm = NULL;
@@ -229,6 +255,7 @@ decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
 			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), sequin_cdc_batch_delay))
 			break;
 	}
+	set_decoding_flag(false);
 }
 
 /*
@@ -321,6 +348,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 										   .segment_close = wal_segment_close),
 								NULL, NULL, NULL);
 	decoding_ctx = ctx;
+	set_decoding_flag(false);	/* decode_batch sets it while it decodes */
 	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
 	InvalidateSystemCaches();
 

@@ -17,12 +17,14 @@
 #include "postgres.h"
 
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/execPartition.h"
 #include "executor/executor.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parsetree.h"
 #include "utils/builtins.h"
@@ -30,6 +32,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "change_writer.h"
@@ -49,6 +52,13 @@ static const char *const column_names[NCOLS] = {
 	"changes", "action", "transaction_annotations", "committed_at",
 	"inserted_at"
 };
+
+/* Where a change row went, to check before commit that it is there. */
+typedef struct WrittenRow
+{
+	Relation	rel;			/* the change table, or its partition */
+	ItemPointerData tid;
+} WrittenRow;
 
 typedef struct WriteTarget
 {
@@ -72,7 +82,10 @@ struct ChangeWriter
 	HTAB	   *targets;
 	pg_uuid_t	database_id;
 	TimestampTz now;
-	uint64		rows;
+	uint64		rows;			/* rows handed to the writer */
+	WrittenRow *written;		/* rows inserted, in order */
+	uint64		nwritten;
+	uint64		maxwritten;
 };
 
 ChangeWriter *
@@ -247,12 +260,94 @@ change_writer_put(BufferedChange *c, void *arg)
 	ExecSimpleRelationInsert(rri, t->estate, slot);
 	w->rows++;
 
+	/*
+	 * The insert sets the slot's TID; a BEFORE trigger that returned NULL
+	 * leaves it unset.  A change row that is not stored is a lost change.
+	 */
+	if (!ItemPointerIsValid(&slot->tts_tid))
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("change row for \"%.*s.%.*s\" was not stored in \"%s\"",
+						c->schema_len, c->schema_name, c->table_len, c->table_name,
+						RelationGetRelationName(rri->ri_RelationDesc)),
+				 errdetail("A BEFORE INSERT trigger on the change table returned NULL."),
+				 errhint("Change tables must keep every row they are given: drop or fix the trigger.")));
+	if (w->nwritten == w->maxwritten)
+	{
+		w->maxwritten = Max(1024, w->maxwritten * 2);
+		w->written = w->written
+			? repalloc_huge(w->written, w->maxwritten * sizeof(WrittenRow))
+			: MemoryContextAllocHuge(w->cxt, w->maxwritten * sizeof(WrittenRow));
+	}
+	w->written[w->nwritten].rel = rri->ri_RelationDesc;
+	w->written[w->nwritten].tid = slot->tts_tid;
+	w->nwritten++;
+
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(w->row_cxt);
 	ResetPerTupleExprContext(t->estate);
 }
 
-/* Close every table written; returns the number of rows inserted. */
+/*
+ * Check that every row inserted is visible to the writing transaction
+ * itself, after its triggers ran: none was deleted again, routed away or
+ * marked invalid behind our back.  Any of those would otherwise commit
+ * as a silent gap, with the origin moved past the changes.
+ */
+static void
+verify_written(ChangeWriter *w)
+{
+	Snapshot	snap;
+	Relation	rel = NULL;
+	TupleTableSlot *slot = NULL;
+	uint64		missing = 0;
+	const char *missing_rel = NULL;
+
+	if (w->nwritten != w->rows)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("sequin_cdc change writer was handed %llu rows but inserted %llu",
+						(unsigned long long) w->rows, (unsigned long long) w->nwritten)));
+
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	for (uint64 i = 0; i < w->nwritten; i++)
+	{
+		WrittenRow *r = &w->written[i];
+
+		if (r->rel != rel)
+		{
+			if (slot)
+				ExecDropSingleTupleTableSlot(slot);
+			rel = r->rel;
+			slot = table_slot_create(rel, NULL);
+		}
+		if (!table_tuple_fetch_row_version(rel, &r->tid, snap, slot))
+		{
+			if (missing++ == 0)
+				missing_rel = RelationGetRelationName(rel);
+		}
+		ExecClearTuple(slot);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (slot)
+		ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snap);
+
+	if (missing > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%llu of %llu change rows inserted into \"%s\" are not visible before commit",
+						(unsigned long long) missing, (unsigned long long) w->nwritten,
+						missing_rel),
+				 errdetail("The write transaction is rolled back; the capture worker restarts and writes the batch again."),
+				 errhint("Look for triggers or rules on the change table that delete the rows they are given.")));
+}
+
+/*
+ * Fire the AFTER triggers, check the rows, and close every table written.
+ * Returns the number of rows inserted; the caller commits.
+ */
 uint64
 change_writer_end(ChangeWriter *w)
 {
@@ -262,6 +357,7 @@ change_writer_end(ChangeWriter *w)
 
 	AfterTriggerEndQuery(w->trigger_estate);
 	FreeExecutorState(w->trigger_estate);
+	verify_written(w);
 	hash_seq_init(&it, w->targets);
 	while ((t = hash_seq_search(&it)) != NULL)
 	{
