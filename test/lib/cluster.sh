@@ -19,6 +19,8 @@
 #
 # Environment knobs (all optional):
 #   SKIP_DEPS=1             ensure_deps only sets PATH/PG_CONFIG, installs nothing
+#   SEQUIN_PG_BINDIR=DIR    the PostgreSQL bin directory to build and test against
+#                           (default /usr/lib/postgresql/15/bin; e.g. a private copy)
 #   SEQUIN_PRELOAD=...      shared_preload_libraries (default 'sequin_cdc,pg_cron')
 #   SEQUIN_PORT=N           use this port instead of probing 54400..54499
 #   SEQUIN_LISTEN=...       listen_addresses (default '' = Unix socket only)
@@ -30,7 +32,7 @@
 # ---------------------------------------------------------------------------
 
 PG_MAJOR=15
-PG_BINDIR="/usr/lib/postgresql/${PG_MAJOR}/bin"
+PG_BINDIR="${SEQUIN_PG_BINDIR:-/usr/lib/postgresql/${PG_MAJOR}/bin}"
 
 : "${SEQUIN_PRELOAD:=sequin_cdc,pg_cron}"
 : "${SEQUIN_LISTEN:=}"
