@@ -435,7 +435,6 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	check_run_as(job);
 
 	/*
 	 * A writer's commit record can precede the low watermark while its
@@ -463,6 +462,7 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rel = table_open(job->relid, AccessShareLock);
+	check_run_as(job);			/* with the catalog as of the lock, just before the read */
 	desc = RelationGetDescr(rel);
 	nkeys = primary_key(rel, &keys);
 
