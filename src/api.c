@@ -30,6 +30,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
@@ -384,20 +385,28 @@ sequin_cdc_validate_filter(PG_FUNCTION_ARGS)
  * table aliased t, for backfill() to count the rows it will read with
  *   format('SELECT count(*) FROM %s t WHERE %s', source, <result>)
  * so the text the user gave is never pasted into SQL.  The result is
- * meant for the current search_path (backfill() pins pg_catalog).
+ * meant for the current search_path (backfill() pins pg_catalog).  The
+ * caller must be able to read the table.
  */
 Datum
 sequin_cdc_validate_backfill_where(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	char	   *where = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	Relation	rel = relation_open(relid, AccessShareLock);
+	Relation	rel;
 	Expr	   *expr;
 	char	   *sql;
 
+	/* the parse errors tell column names and types: only to readers */
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table \"%s\"", get_rel_name(relid)),
+				 errhint("A backfill reads the table as the role that starts it: that role needs SELECT on the table.")));
+	rel = relation_open(relid, AccessShareLock);
 	expr = sequin_cdc_parse_backfill_where(rel, where);
 	sql = deparse_expression((Node *) expr, deparse_context_for("t", relid),
-							 true, false);
+							 true, true);
 	relation_close(rel, AccessShareLock);
 	PG_RETURN_TEXT_P(cstring_to_text(sql));
 }

@@ -303,7 +303,7 @@ deparse_condition(BackfillJob *job, Relation rel)
 
 	return deparse_expression((Node *) expr,
 							  deparse_context_for("t", RelationGetRelid(rel)),
-							  true, false);
+							  true, true);
 }
 
 /* SELECT * ... WHERE key > last key AND condition ORDER BY key LIMIT chunk */

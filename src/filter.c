@@ -64,7 +64,7 @@ bad_condition(ConditionKind kind, const char *text, const char *why)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid retention filter \"%s\"", text),
 				 errdetail("%s", why),
-				 errhint("A filter is one boolean SQL expression over the source table's columns, such as status <> 'draft' and amount > 100, using built-in functions and operators only.")));
+				 errhint("A filter is one boolean SQL expression over the source table's columns, such as status <> 'draft' and amount > 100.")));
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
