@@ -11,6 +11,7 @@ OBJS = \
 	src/filter.o \
 	src/backfill.o \
 	src/api.o \
+	src/run_as.o \
 	src/sink_webhook.o
 
 EXTENSION = sequin_cdc

@@ -30,8 +30,10 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
+#include "utils/ruleutils.h"
 #include "utils/varlena.h"
 
 #include "compat.h"
@@ -42,6 +44,7 @@ PG_FUNCTION_INFO_V1(sequin_cdc_check_preload);
 PG_FUNCTION_INFO_V1(sequin_cdc_create_slot);
 PG_FUNCTION_INFO_V1(sequin_cdc_drop_slot);
 PG_FUNCTION_INFO_V1(sequin_cdc_validate_filter);
+PG_FUNCTION_INFO_V1(sequin_cdc_validate_backfill_where);
 PG_FUNCTION_INFO_V1(sequin_cdc_invalidate_relation);
 PG_FUNCTION_INFO_V1(sequin_cdc_capture_stats);
 PG_FUNCTION_INFO_V1(sequin_cdc_plugin_allowed);
@@ -373,6 +376,39 @@ sequin_cdc_validate_filter(PG_FUNCTION_ARGS)
 	(void) sequin_cdc_parse_filter(rel, filter);
 	relation_close(rel, AccessShareLock);
 	PG_RETURN_VOID();
+}
+
+/*
+ * _validate_backfill_where(source regclass, "where" text) returns text:
+ * raises the error a bad backfill condition deserves, at backfill() time;
+ * otherwise returns the condition deparsed from its parse tree, over the
+ * table aliased t, for backfill() to count the rows it will read with
+ *   format('SELECT count(*) FROM %s t WHERE %s', source, <result>)
+ * so the text the user gave is never pasted into SQL.  The result is
+ * meant for the current search_path (backfill() pins pg_catalog).  The
+ * caller must be able to read the table.
+ */
+Datum
+sequin_cdc_validate_backfill_where(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *where = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Relation	rel;
+	Expr	   *expr;
+	char	   *sql;
+
+	/* the parse errors tell column names and types: only to readers */
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table \"%s\"", get_rel_name(relid)),
+				 errhint("A backfill reads the table as the role that starts it: that role needs SELECT on the table.")));
+	rel = relation_open(relid, AccessShareLock);
+	expr = sequin_cdc_parse_backfill_where(rel, where);
+	sql = deparse_expression((Node *) expr, deparse_context_for("t", relid),
+							 true, true);
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_TEXT_P(cstring_to_text(sql));
 }
 
 /*

@@ -24,6 +24,18 @@
  * capture worker of the backfill's slot; a session advisory lock keeps one
  * worker per backfill.
  *
+ * Who runs what: the worker connects as the bootstrap superuser, to keep
+ * the backfill's row and write the watermarks, and reads the table as the
+ * role that called backfill() (run_as), restricted (run_as.c): row level
+ * security policies of the table apply to that role and run as it, and
+ * the read sees only what that role may read.  Before every chunk the
+ * worker checks that the role still exists and may still read the table;
+ * if not the backfill fails, with a message saying why, and never goes on
+ * as another role.  The where clause is parsed as one boolean expression
+ * over the table's columns, built-in code only (filter.c), and it is that
+ * parse tree, deparsed, that goes into the chunk query: the text the user
+ * gave is never pasted into SQL.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -46,15 +58,20 @@
 #include "storage/latch.h"
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "backfill.h"
+#include "filter.h"
+#include "run_as.h"
 #include "sequin_cdc.h"
 
 PG_FUNCTION_INFO_V1(sequin_cdc_start_backfill);
@@ -66,7 +83,6 @@ typedef struct BackfillWorkerArg
 {
 	int64		id;
 	Oid			dboid;
-	Oid			useroid;
 } BackfillWorkerArg;
 
 typedef struct BackfillJob
@@ -75,16 +91,21 @@ typedef struct BackfillJob
 	Oid			relid;
 	Oid			change_table;
 	char	   *where_clause;
+	Oid			run_as;			/* reads the table */
 	int			chunk_size;
 	int			nkeys;
 	char	  **last_key;		/* NULL before the first chunk */
 } BackfillJob;
 
+/*
+ * Start a worker for backfill id.  It takes the role to read as from the
+ * backfill's row, never from its launcher.
+ */
 void
-sequin_cdc_launch_backfill(int64 id, Oid dboid, Oid useroid)
+sequin_cdc_launch_backfill(int64 id, Oid dboid)
 {
 	BackgroundWorker bgw;
-	BackfillWorkerArg a = {id, dboid, useroid};
+	BackfillWorkerArg a = {id, dboid};
 
 	memset(&bgw, 0, sizeof(bgw));
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -106,7 +127,6 @@ sequin_cdc_launch_backfill(int64 id, Oid dboid, Oid useroid)
 typedef struct PendingLaunch
 {
 	int64		id;
-	Oid			useroid;
 } PendingLaunch;
 
 static List *pending_launches = NIL;
@@ -123,7 +143,7 @@ launch_at_commit(XactEvent event, void *arg)
 		{
 			PendingLaunch *p = lfirst(lc);
 
-			sequin_cdc_launch_backfill(p->id, MyDatabaseId, p->useroid);
+			sequin_cdc_launch_backfill(p->id, MyDatabaseId);
 		}
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
@@ -150,7 +170,6 @@ sequin_cdc_start_backfill(PG_FUNCTION_ARGS)
 	}
 	p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingLaunch));
 	p->id = PG_GETARG_INT64(0);
-	p->useroid = GetUserId();
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
@@ -175,7 +194,7 @@ sequin_cdc_launch_pending_backfills(const char *slot_name)
 	bool		any = false;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT id, run_as::oid FROM sequin_cdc.backfills "
+	if (SPI_execute_with_args("SELECT id FROM sequin_cdc.backfills "
 							  "WHERE state = 'running' AND slot_name = $1::name",
 							  1, argtypes, args, NULL, true, 0) == SPI_OK_SELECT)
 	{
@@ -184,10 +203,8 @@ sequin_cdc_launch_pending_backfills(const char *slot_name)
 			bool		isnull;
 			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 														 SPI_tuptable->tupdesc, 1, &isnull));
-			Oid			role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-															  SPI_tuptable->tupdesc, 2, &isnull));
 
-			sequin_cdc_launch_backfill(id, MyDatabaseId, role);
+			sequin_cdc_launch_backfill(id, MyDatabaseId);
 			any = true;
 		}
 	}
@@ -205,7 +222,7 @@ load_job(BackfillJob *job, MemoryContext cxt)
 
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT source_table::oid, change_table::oid, where_clause, "
-							  "chunk_size, last_key, state FROM sequin_cdc.backfills WHERE id = $1",
+							  "chunk_size, last_key, state, run_as::oid FROM sequin_cdc.backfills WHERE id = $1",
 							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
@@ -226,6 +243,7 @@ load_job(BackfillJob *job, MemoryContext cxt)
 			v = SPI_getbinval(t, d, 3, &isnull);
 			job->where_clause = isnull ? NULL : TextDatumGetCString(v);
 			job->chunk_size = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
+			job->run_as = DatumGetObjectId(SPI_getbinval(t, d, 7, &isnull));
 			v = SPI_getbinval(t, d, 5, &isnull);
 			job->last_key = NULL;
 			job->nkeys = 0;
@@ -273,6 +291,21 @@ primary_key(Relation rel, AttrNumber **keys)
 	return n;
 }
 
+/*
+ * The where clause as SQL text we made: parsed and checked (filter.c),
+ * then deparsed from the parse tree, with the table aliased t.  Whatever
+ * the user wrote, this is one parenthesized boolean expression.
+ */
+static char *
+deparse_condition(BackfillJob *job, Relation rel)
+{
+	Expr	   *expr = sequin_cdc_parse_backfill_where(rel, job->where_clause);
+
+	return deparse_expression((Node *) expr,
+							  deparse_context_for("t", RelationGetRelid(rel)),
+							  true, true);
+}
+
 /* SELECT * ... WHERE key > last key AND condition ORDER BY key LIMIT chunk */
 static char *
 chunk_query(BackfillJob *job, Relation rel, int nkeys, AttrNumber *keys)
@@ -299,7 +332,7 @@ chunk_query(BackfillJob *job, Relation rel, int nkeys, AttrNumber *keys)
 	else
 		appendStringInfoString(&q, "true");
 	if (job->where_clause)
-		appendStringInfo(&q, " AND (%s)", job->where_clause);
+		appendStringInfo(&q, " AND (%s)", deparse_condition(job, rel));
 	appendStringInfoString(&q, " ORDER BY ");
 	for (int i = 0; i < nkeys; i++)
 		appendStringInfo(&q, "%st.%s", i ? ", " : "",
@@ -316,6 +349,38 @@ sequin_cdc_backfill_end_message(int64 id)
 
 	snprintf(text, sizeof(text), "%lld", (long long) id);
 	LogLogicalMessage(SEQUIN_CDC_BACKFILL_END, text, strlen(text), true);
+}
+
+/*
+ * The role the backfill reads as must still exist and still be allowed to
+ * read the table; otherwise the backfill fails here (the caller records
+ * the error in its row) rather than read as anyone else.
+ */
+static void
+check_run_as(BackfillJob *job)
+{
+	char	   *relname;
+
+	if (!sequin_cdc_role_exists(job->run_as))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the role that started backfill %lld (OID %u) no longer exists",
+						(long long) job->id, job->run_as),
+				 errdetail("A backfill reads the table with the privileges of the role that called sequin_cdc.backfill(), and of no other."),
+				 errhint("Start the backfill again with sequin_cdc.backfill() as a role that may read the table.")));
+	relname = get_rel_name(job->relid);
+	if (relname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the table of backfill %lld no longer exists", (long long) job->id),
+				 errhint("Nothing is left to backfill; start a backfill of another table with sequin_cdc.backfill().")));
+	if (pg_class_aclcheck(job->relid, job->run_as, ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\" that started backfill %lld may no longer read table \"%s\"",
+						GetUserNameFromId(job->run_as, false), (long long) job->id, relname),
+				 errdetail("A backfill reads the table with the privileges of the role that called sequin_cdc.backfill(), and of no other."),
+				 errhint("Grant the role SELECT on the table again and start a new backfill with sequin_cdc.backfill().")));
 }
 
 static void
@@ -365,6 +430,8 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 	Datum	   *key_texts = NULL;
 	bool		done;
 	bool		still_running;
+	SequinUserContext ucxt;
+	int			rc;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -395,8 +462,20 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rel = table_open(job->relid, AccessShareLock);
+	check_run_as(job);			/* with the catalog as of the lock, just before the read */
 	desc = RelationGetDescr(rel);
 	nkeys = primary_key(rel, &keys);
+
+	/*
+	 * From here to the end of the read we are run_as, restricted, with a
+	 * search_path of pg_catalog only: the condition was checked to call
+	 * built-in code only, and its deparsed text must resolve to that same
+	 * built-in code when the chunk query is parsed.
+	 */
+	sequin_cdc_switch_to_user(job->run_as, &ucxt);
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
 	query = chunk_query(job, rel, nkeys, keys);
 	argtypes = palloc(sizeof(Oid) * nkeys);
 	args = palloc(sizeof(Datum) * nkeys);
@@ -408,8 +487,10 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 	}
 
 	SPI_connect();
-	if (SPI_execute_with_args(query, job->last_key ? nkeys : 0, argtypes, args,
-							  NULL, true, 0) != SPI_OK_SELECT)
+	rc = SPI_execute_with_args(query, job->last_key ? nkeys : 0, argtypes, args,
+							   NULL, true, 0);
+	sequin_cdc_restore_user(&ucxt);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "backfill chunk query failed");
 	n = SPI_processed;
 
@@ -609,7 +690,8 @@ sequin_cdc_backfill_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(a.dboid, a.useroid, 0);
+	/* the bootstrap superuser; the table is read as run_as (write_chunk) */
+	BackgroundWorkerInitializeConnectionByOid(a.dboid, InvalidOid, 0);
 	pgstat_report_appname("sequin_cdc backfill");
 	cxt = AllocSetContextCreate(TopMemoryContext, "sequin_cdc backfill",
 								ALLOCSET_DEFAULT_SIZES);

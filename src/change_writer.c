@@ -12,6 +12,17 @@
  * unique and strictly increasing in commit order, and id order is seq
  * order.
  *
+ * Who runs what: the capture worker is the bootstrap superuser, but a
+ * change table may belong to anyone who can create a table, and its
+ * triggers, CHECK constraints, generated columns, index and partition key
+ * expressions are that role's code.  So each insert, and the AFTER
+ * triggers it queued, run as the change table's owner under
+ * SECURITY_RESTRICTED_OPERATION (run_as.c), as PostgreSQL 16's apply
+ * worker does with run_as_owner = false; the owner must hold INSERT on
+ * its own table and the table must not enforce row level security on it,
+ * as with the apply worker.  Column defaults are never evaluated: the
+ * writer fills the columns it knows and leaves any other column NULL.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -27,15 +38,18 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parsetree.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "change_writer.h"
+#include "run_as.h"
 #include "sequin_cdc.h"
 
 /* The change-row columns we fill, by name */
@@ -65,6 +79,7 @@ typedef struct WriteTarget
 	Oid			relid;			/* hash key */
 	bool		missing;		/* the table was dropped */
 	Relation	rel;
+	Oid			owner;			/* runs the table's code */
 	EState	   *estate;
 	ResultRelInfo *rri;
 	ModifyTableState *mtstate;	/* for partition routing */
@@ -78,7 +93,8 @@ struct ChangeWriter
 {
 	MemoryContext cxt;
 	MemoryContext row_cxt;
-	EState	   *trigger_estate; /* fires AFTER triggers of all targets */
+	EState	   *trigger_estate; /* fires the AFTER triggers of the run */
+	Oid			run_owner;		/* owner of the run; InvalidOid: none */
 	HTAB	   *targets;
 	pg_uuid_t	database_id;
 	TimestampTz now;
@@ -108,9 +124,81 @@ change_writer_begin(const pg_uuid_t *database_id)
 	hctl.hcxt = cxt;
 	w->targets = hash_create("sequin_cdc write targets", 16, &hctl,
 							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	w->trigger_estate = CreateExecutorState();
-	AfterTriggerBeginQuery();
 	return w;
+}
+
+/*
+ * AFTER triggers.  The insert only queues them; they fire when the
+ * trigger "query" ends, all queued events at once, and a trigger runs as
+ * whoever is the current user then.  Change rows of different tables
+ * interleave in stream order, so one scope for the whole batch would fire
+ * the triggers of every table as one role.  Instead each run of
+ * consecutive rows whose tables have the same owner is its own scope,
+ * ended (its AFTER triggers fired) as that owner before a row of another
+ * owner is inserted; the usual single-owner batch stays one scope.  This
+ * is the apply worker's model too, which ends the scope after every
+ * change it applies.
+ */
+static void
+begin_run(ChangeWriter *w, Oid owner)
+{
+	MemoryContext old = MemoryContextSwitchTo(w->cxt);
+
+	w->trigger_estate = CreateExecutorState();
+	MemoryContextSwitchTo(old);
+	AfterTriggerBeginQuery();
+	w->run_owner = owner;
+}
+
+/* Fire the AFTER triggers of the current run as its owner, and close it. */
+static void
+end_run(ChangeWriter *w)
+{
+	SequinUserContext ucxt;
+
+	if (!OidIsValid(w->run_owner))
+		return;
+	sequin_cdc_switch_to_user(w->run_owner, &ucxt);
+	AfterTriggerEndQuery(w->trigger_estate);
+	sequin_cdc_restore_user(&ucxt);
+	/* the tables AfterTriggerEndQuery opened to fire the triggers */
+	ExecCloseResultRelations(w->trigger_estate);
+	FreeExecutorState(w->trigger_estate);
+	w->trigger_estate = NULL;
+	w->run_owner = InvalidOid;
+}
+
+/*
+ * The owner must be able to insert into its change table: ours is an
+ * insert on its behalf, and an owner can revoke INSERT from itself (or
+ * force row level security, whose policies the simple insert path would
+ * not apply), e.g. to stop a table from growing.  Refuse rather than
+ * write past its will.
+ */
+static void
+check_owner_may_insert(WriteTarget *t)
+{
+	Oid			relid = RelationGetRelid(t->rel);
+
+	if (pg_class_aclcheck(relid, t->owner, ACL_INSERT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("owner \"%s\" of change table \"%s\" may not insert into it",
+						GetUserNameFromId(t->owner, false), RelationGetRelationName(t->rel)),
+				 errdetail("Change rows are inserted with the privileges of the change table's owner."),
+				 errhint("Give the privilege back with GRANT INSERT ON %s TO %s, or drop the retention rules that write to the table.",
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(t->rel)),
+													RelationGetRelationName(t->rel)),
+						 quote_identifier(GetUserNameFromId(t->owner, false)))));
+	if (check_enable_rls(relid, t->owner, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("change table \"%s\" enforces row level security on its owner \"%s\"",
+						RelationGetRelationName(t->rel), GetUserNameFromId(t->owner, false)),
+				 errdetail("Change rows are inserted with the privileges of the change table's owner."),
+				 errhint("Run ALTER TABLE %s NO FORCE ROW LEVEL SECURITY.",
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(t->rel)),
+													RelationGetRelationName(t->rel)))));
 }
 
 static void
@@ -132,6 +220,8 @@ open_target(ChangeWriter *w, WriteTarget *t)
 		MemoryContextSwitchTo(old);
 		return;
 	}
+	t->owner = t->rel->rd_rel->relowner;
+	check_owner_may_insert(t);
 	desc = RelationGetDescr(t->rel);
 	for (int c = 0; c < NCOLS; c++)
 	{
@@ -217,6 +307,7 @@ change_writer_put(BufferedChange *c, void *arg)
 	int64		id;
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
+	SequinUserContext ucxt;
 
 	t = hash_search(w->targets, &c->change_table, HASH_ENTER, &found);
 	if (!found)
@@ -226,6 +317,11 @@ change_writer_put(BufferedChange *c, void *arg)
 	}
 	if (t->missing)
 		return;
+	if (t->owner != w->run_owner)
+	{
+		end_run(w);
+		begin_run(w, t->owner);
+	}
 
 	old = MemoryContextSwitchTo(w->row_cxt);
 	id = nextval_internal(t->seqoid, false);
@@ -248,6 +344,11 @@ change_writer_put(BufferedChange *c, void *arg)
 	set_col(t, COL_INSERTED, TimestampTzGetDatum(w->now), false);
 	ExecStoreVirtualTuple(t->slot);
 
+	/*
+	 * Partition routing (key expressions), BEFORE triggers, generated
+	 * columns, constraints and index expressions run here: as the owner.
+	 */
+	sequin_cdc_switch_to_user(t->owner, &ucxt);
 	rri = t->rri;
 	slot = t->slot;
 	if (t->proute)
@@ -258,6 +359,7 @@ change_writer_put(BufferedChange *c, void *arg)
 										 rri->ri_PartitionTupleSlot);
 	}
 	ExecSimpleRelationInsert(rri, t->estate, slot);
+	sequin_cdc_restore_user(&ucxt);
 	w->rows++;
 
 	/*
@@ -345,8 +447,10 @@ verify_written(ChangeWriter *w)
 }
 
 /*
- * Fire the AFTER triggers, check the rows, and close every table written.
- * Returns the number of rows inserted; the caller commits.
+ * Fire the last run's AFTER triggers, check the rows, and close every
+ * table written.  Returns the number of rows inserted; the caller commits.
+ * The check reads the rows back at the storage level (no user code runs),
+ * so it stays the worker's own.
  */
 uint64
 change_writer_end(ChangeWriter *w)
@@ -355,8 +459,7 @@ change_writer_end(ChangeWriter *w)
 	WriteTarget *t;
 	uint64		rows = w->rows;
 
-	AfterTriggerEndQuery(w->trigger_estate);
-	FreeExecutorState(w->trigger_estate);
+	end_run(w);
 	verify_written(w);
 	hash_seq_init(&it, w->targets);
 	while ((t = hash_seq_search(&it)) != NULL)

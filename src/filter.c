@@ -1,21 +1,39 @@
 /*-------------------------------------------------------------------------
  *
  * filter.c
- *		Parsing retention-rule filters.
+ *		Parsing the conditions users give as text: retention-rule filters
+ *		and backfill where clauses.
  *
- * A filter is the text of a SQL boolean expression over the source table's
+ * Both are the text of one SQL boolean expression over the source table's
  * columns, like a publication row filter: `status <> 'draft' and amount >
- * 100`.  It is kept as text and parsed against the relation as it is when
+ * 100`.  They are parsed as an expression, never pasted into a statement,
+ * so no parenthesis trick (`true) OR (true`) can make them anything else.
+ *
+ * A filter is kept as text and parsed against the relation as it is when
  * it is needed (at add time, for validation, and in the decoder against the
  * historic catalog), so column renames and drops that happen later are
  * seen the way the data is.  Only immutable expressions are accepted: the
  * decoder evaluates them long after the fact, so now() or a table lookup
  * would give answers unrelated to the change.
  *
+ * A backfill condition is evaluated when the chunk is read, so stable
+ * functions such as now() are fine there; volatile ones are not (a chunk
+ * read may be repeated, and must not have side effects).
+ *
+ * Neither may call anything but built-in functions and operators (OID below
+ * FirstNormalObjectId) or coerce to a user-defined domain (whose CHECK
+ * constraints are user code).  Filters run in the capture worker, as the
+ * bootstrap superuser: a user's function declared IMMUTABLE can still do
+ * anything, so no user code may run there.  Backfill conditions run as the
+ * role that called backfill(), restricted, where a user function would do
+ * no more than that role may; they are held to the same rule anyway, so
+ * that what sequin_cdc stores in its tables is never someone's code.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "nodes/nodeFuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
@@ -24,17 +42,93 @@
 #include "parser/parse_expr.h"
 #include "parser/parse_relation.h"
 #include "parser/parser.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/typcache.h"
 
 #include "filter.h"
 
-static void
-bad_filter(const char *filter, const char *why)
+/* What the condition is, for the messages */
+typedef enum ConditionKind
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid retention filter \"%s\"", filter),
-			 errdetail("%s", why),
-			 errhint("A filter is one boolean SQL expression over the source table's columns, such as status <> 'draft' and amount > 100.")));
+	CONDITION_FILTER,			/* retention-rule filter */
+	CONDITION_BACKFILL			/* backfill where clause */
+} ConditionKind;
+
+static void
+bad_condition(ConditionKind kind, const char *text, const char *why)
+{
+	if (kind == CONDITION_FILTER)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid retention filter \"%s\"", text),
+				 errdetail("%s", why),
+				 errhint("A filter is one boolean SQL expression over the source table's columns, such as status <> 'draft' and amount > 100.")));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid backfill condition \"%s\"", text),
+				 errdetail("%s", why),
+				 errhint("Give one boolean SQL expression over the table's columns, such as updated_at > now() - interval '3 days', using built-in functions and operators only.")));
+}
+
+/* check_functions_in_node callback: a function that is not built in. */
+static bool
+user_function(Oid funcid, void *context)
+{
+	if (funcid >= FirstNormalObjectId)
+	{
+		*(Oid *) context = funcid;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Find user-defined code an expression would run: a function or operator
+ * (incl. casts and I/O coercions), a domain's CHECK constraints, or a
+ * comparison function of GREATEST/LEAST.  Returns true, with the detail
+ * message to give in cxt, if there is some.
+ */
+typedef struct UserCodeContext
+{
+	char	   *detail;
+} UserCodeContext;
+
+static bool
+find_user_code(Node *node, UserCodeContext *cxt)
+{
+	Oid			funcid = InvalidOid;
+
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, user_function, &funcid))
+	{
+		cxt->detail = psprintf("It calls %s, which is not built in.",
+							   format_procedure(funcid));
+		return true;
+	}
+	if (IsA(node, CoerceToDomain) &&
+		((CoerceToDomain *) node)->resulttype >= FirstNormalObjectId)
+	{
+		cxt->detail = psprintf("It converts a value to the domain %s, whose constraints are not built in.",
+							   format_type_be(((CoerceToDomain *) node)->resulttype));
+		return true;
+	}
+	if (IsA(node, MinMaxExpr))
+	{
+		TypeCacheEntry *tc = lookup_type_cache(((MinMaxExpr *) node)->minmaxtype,
+											   TYPECACHE_CMP_PROC);
+
+		if (tc->cmp_proc >= FirstNormalObjectId)
+		{
+			cxt->detail = psprintf("It compares with %s, which is not built in.",
+								   format_procedure(tc->cmp_proc));
+			return true;
+		}
+	}
+	return expression_tree_walker(node, find_user_code, (void *) cxt);
 }
 
 /* Point syntax errors into the filter text, not the calling statement. */
@@ -52,12 +146,13 @@ filter_error_callback(void *arg)
 }
 
 /*
- * Parse and analyze a filter for rel; returns a boolean expression whose
- * Vars have varno 1.  Raises an error for anything that is not a single
- * immutable boolean expression.
+ * Parse and analyze a condition for rel; returns a boolean expression
+ * whose Vars have varno 1.  Raises an error for anything that is not a
+ * single boolean expression of the kind's volatility, calling built-in
+ * code only.
  */
-Expr *
-sequin_cdc_parse_filter(Relation rel, const char *filter)
+static Expr *
+parse_condition(Relation rel, const char *text, ConditionKind kind)
 {
 	List	   *raw;
 	RawStmt    *rs;
@@ -67,44 +162,68 @@ sequin_cdc_parse_filter(Relation rel, const char *filter)
 	ParseNamespaceItem *nsitem;
 	Node	   *expr;
 	ErrorContextCallback errcb;
+	UserCodeContext ucxt = {NULL};
 
 	errcb.callback = filter_error_callback;
-	errcb.arg = (void *) filter;
+	errcb.arg = (void *) text;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 
-	raw = raw_parser(filter, RAW_PARSE_PLPGSQL_EXPR);
+	raw = raw_parser(text, RAW_PARSE_PLPGSQL_EXPR);
 	if (list_length(raw) != 1)
-		bad_filter(filter, "It is not a single expression.");
+		bad_condition(kind, text, "It is not a single expression.");
 	rs = linitial_node(RawStmt, raw);
 	if (!IsA(rs->stmt, SelectStmt))
-		bad_filter(filter, "It is not a single expression.");
+		bad_condition(kind, text, "It is not a single expression.");
 	sel = (SelectStmt *) rs->stmt;
-	if (list_length(sel->targetList) != 1 || sel->fromClause || sel->whereClause ||
+	if (sel->op != SETOP_NONE || list_length(sel->targetList) != 1 ||
+		sel->fromClause || sel->whereClause ||
 		sel->groupClause || sel->havingClause || sel->windowClause ||
 		sel->sortClause || sel->limitCount || sel->limitOffset ||
-		sel->lockingClause || sel->distinctClause || sel->withClause)
-		bad_filter(filter, "It is not a single expression.");
+		sel->lockingClause || sel->distinctClause || sel->withClause ||
+		sel->intoClause || sel->valuesLists)
+		bad_condition(kind, text, "It is not a single expression.");
 	target = linitial_node(ResTarget, sel->targetList);
+	if (target->name != NULL)
+		bad_condition(kind, text, "It is not a single expression.");
 
 	pstate = make_parsestate(NULL);
-	pstate->p_sourcetext = filter;
+	pstate->p_sourcetext = text;
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   NULL, false, false);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
 
 	expr = transformExpr(pstate, target->val, EXPR_KIND_WHERE);
-	expr = coerce_to_boolean(pstate, expr, "retention filter");
+	expr = coerce_to_boolean(pstate, expr,
+							 kind == CONDITION_FILTER ? "retention filter" : "backfill condition");
 	assign_expr_collations(pstate, expr);
 
 	if (pstate->p_hasSubLinks)
-		bad_filter(filter, "Subqueries are not allowed.");
+		bad_condition(kind, text, "Subqueries are not allowed.");
 	if (pstate->p_hasAggs || pstate->p_hasWindowFuncs || pstate->p_hasTargetSRFs)
-		bad_filter(filter, "Aggregates, window functions and set-returning functions are not allowed.");
-	if (contain_mutable_functions(expr))
-		bad_filter(filter, "It calls a function or operator that is not immutable (such as now() or random()); the filter is evaluated when the change is decoded, so it must depend only on the row.");
+		bad_condition(kind, text, "Aggregates, window functions and set-returning functions are not allowed.");
+	if (find_user_code(expr, &ucxt))
+		bad_condition(kind, text, ucxt.detail);
+	if (kind == CONDITION_FILTER && contain_mutable_functions(expr))
+		bad_condition(kind, text, "It calls a function or operator that is not immutable (such as now() or random()); the filter is evaluated when the change is decoded, so it must depend only on the row.");
+	if (kind == CONDITION_BACKFILL && contain_volatile_functions(expr))
+		bad_condition(kind, text, "It calls a volatile function or operator (such as random()); the condition is evaluated for every chunk, so it must have no side effects and give the same answer within a chunk's read.");
 
 	free_parsestate(pstate);
 	error_context_stack = errcb.previous;
 	return (Expr *) expr;
+}
+
+/* A retention-rule filter for rel: immutable, built-in code only. */
+Expr *
+sequin_cdc_parse_filter(Relation rel, const char *filter)
+{
+	return parse_condition(rel, filter, CONDITION_FILTER);
+}
+
+/* A backfill where clause for rel: stable at most, built-in code only. */
+Expr *
+sequin_cdc_parse_backfill_where(Relation rel, const char *where)
+{
+	return parse_condition(rel, where, CONDITION_BACKFILL);
 }

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * filter.h
- *		Retention-rule filters: SQL boolean expressions over a table's row.
+ *		Retention-rule filters and backfill conditions: SQL boolean
+ *		expressions over a table's row.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,5 +15,6 @@
 #include "utils/rel.h"
 
 extern Expr *sequin_cdc_parse_filter(Relation rel, const char *filter);
+extern Expr *sequin_cdc_parse_backfill_where(Relation rel, const char *where);
 
 #endif							/* SEQUIN_CDC_FILTER_H */

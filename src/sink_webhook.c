@@ -36,8 +36,12 @@
  * Who runs what: the worker connects as the bootstrap superuser, which
  * needs no LOGIN and bypasses the row level security of sequin_cdc.sinks,
  * to read and update its sink's row; it reads the change table as the
- * sink's owner (SetUserIdAndSecContext), so a sink sends only what its
- * owner may read, checked at every batch.
+ * sink's owner, restricted (run_as.c: SECURITY_RESTRICTED_OPERATION, and
+ * settings changed by the row level security policies it runs are rolled
+ * back), so a sink sends only what its owner may read, checked at every
+ * batch: the owner must still exist (its OID is only a number in the
+ * sink's row) and hold SELECT on the change table, or the batch fails with
+ * an error saying so (recorded and retried, never read as another role).
  *
  * Who may manage sinks: superusers, and roles a superuser grants access to
  * sequin_cdc.sinks (see sql/, which names the grants); the table is closed
@@ -98,6 +102,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "run_as.h"
 #include "sequin_cdc.h"
 #include "sink_webhook.h"
 
@@ -729,8 +734,7 @@ read_batch(void)
 {
 	Oid			argtypes[2] = {INT8OID, INT4OID};
 	Datum		args[2];
-	Oid			save_userid;
-	int			save_sec;
+	SequinUserContext ucxt;
 	int			rc;
 	uint64		n;
 	StringInfo	b;
@@ -765,13 +769,20 @@ read_batch(void)
 		read_plan_table = cfg.change_table;
 	}
 
+	/* the owner's OID is only a number in the sink's row: check it */
+	if (!sequin_cdc_role_exists(cfg.owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of sink \"%s\" (OID %u) no longer exists", cfg.name, cfg.owner),
+				 errdetail("A sink reads its change table with the privileges of its owner, and of no other."),
+				 errhint("Drop the sink with sequin_cdc.drop_sink() and create it again as an existing role.")));
+	/* SELECT on the change table is checked by the executor, as the owner */
+
 	args[0] = Int64GetDatum(cfg.cursor_seq);
 	args[1] = Int32GetDatum(cfg.batch_size);
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(cfg.owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	sequin_cdc_switch_to_user(cfg.owner, &ucxt);
 	rc = SPI_execute_plan(read_plan, args, NULL, true, 0);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	sequin_cdc_restore_user(&ucxt);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read the change table of sink \"%s\"", cfg.name);
 	n = SPI_processed;
