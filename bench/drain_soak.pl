@@ -130,7 +130,7 @@ for my $d (1 .. $drains)
 	$node->safe_psql('postgres', 'VACUUM orders');
 	my $base = $node->safe_psql('postgres', 'SELECT coalesce(max(seq), 0) FROM sequin_cdc.changes');
 
-	my $lock = $node->background_psql('postgres');
+	my $lock = $node->background_psql('postgres', timeout => 3600);
 	$lock->query_safe('BEGIN');
 	$lock->query_safe('LOCK TABLE sequin_cdc.changes IN ACCESS EXCLUSIVE MODE');
 

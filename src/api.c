@@ -15,12 +15,19 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_publication.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_expr.h"
+#include "parser/parse_relation.h"
+#include "parser/parser.h"
 #include "replication/logical.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
@@ -133,6 +140,37 @@ check_slot_privilege(const char *slot_name)
 }
 
 /*
+ * Errors unless the current role holds every privilege in "privs" (an
+ * AclMode mask) on sequin_cdc.slots.  Called before anything is changed, so
+ * that a role lacking them gets an error and no half-made state.
+ */
+static void
+check_slots_table_privilege(const char *slot_name, AclMode privs, const char *what)
+{
+	Oid			nsp = get_namespace_oid("sequin_cdc", false);
+	Oid			relid = get_relname_relid("slots", nsp);
+	AclMode		modes[] = {ACL_SELECT, ACL_INSERT, ACL_UPDATE, ACL_DELETE};
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table sequin_cdc.slots does not exist"),
+				 errhint("Run ALTER EXTENSION sequin_cdc UPDATE, or drop and create the extension.")));
+	for (int i = 0; i < lengthof(modes); i++)
+	{
+		if ((privs & modes[i]) == 0)
+			continue;
+		if (pg_class_aclcheck(relid, GetUserId(), modes[i]) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to %s sequin_cdc slot \"%s\"", what, slot_name),
+					 errdetail("The role needs SELECT, INSERT, UPDATE and DELETE on sequin_cdc.slots; nothing was changed."),
+					 errhint("A superuser can allow it: SELECT sequin_cdc.grant_usage('%s');",
+							 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+	}
+}
+
+/*
  * create_slot(slot name, publication name) returns pg_lsn
  *
  * Checks everything a user can get wrong first, each with its own hint,
@@ -169,6 +207,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errhint("Add sequin_cdc to output_plugin_libraries in postgresql.conf, for example output_plugin_libraries = '%s, sequin_cdc', and reload the configuration.",
 						 setting)));
 	check_slot_privilege(NameStr(*slot));
+	check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
 	ReplicationSlotValidateName(NameStr(*slot), ERROR);
 
 	if (!OidIsValid(get_publication_oid(NameStr(*publication), true)))
@@ -270,8 +309,11 @@ delete_slot_row(Name slot)
 /*
  * drop_slot(slot name)
  *
- * Asks the slot's capture worker to stop, waits until it has released the
- * slot, then drops the slot, its replication origin and its row.
+ * All or nothing: every check comes first (REPLICATION, rights on
+ * sequin_cdc.slots, the slot is ours and in this database), then the
+ * transactional part (the row, whose triggers may still refuse), and only
+ * then what cannot be rolled back: the worker is asked to stop, the slot is
+ * dropped once it has released it, then its replication origin.
  */
 Datum
 sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
@@ -285,6 +327,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 
 	sequin_cdc_require_preload();
 	check_slot_privilege(NameStr(*slot));
+	check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_DELETE, "drop");
 
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	s = SearchNamedReplicationSlot(NameStr(*slot), false);
@@ -323,6 +366,9 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 						 dbname ? dbname : "?")));
 	}
 
+	/* transactional: an error here (privileges, a trigger) changes nothing */
+	(void) delete_slot_row(slot);
+
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	idx = sequin_cdc_find_slot_entry(NameStr(*slot));
 	if (idx >= 0)
@@ -350,8 +396,6 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 
 	sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
 	replorigin_drop_by_name(origin_name, true, false);
-
-	(void) delete_slot_row(slot);
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	if (idx >= 0 && strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name),

@@ -1,0 +1,102 @@
+
+# Copyright: sequin_cdc contributors
+#
+# ALTER EXTENSION sequin_cdc UPDATE from 0.1.0 to 0.2.0: a database with a
+# slot, a rule and captured changes keeps capturing across the update, and
+# its sequin_cdc schema is then the one a fresh 0.2.0 install makes
+# (functions with their definitions, SECURITY DEFINER, settings and ACLs;
+# tables, views and sequences with their ACLs and row security; columns;
+# triggers; view definitions).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use SequinNode;
+use Test::More;
+
+my $node = SequinNode::new_node('upgrade');
+$node->start;
+
+$node->safe_psql('postgres', q{
+	CREATE DATABASE fresh;
+	CREATE EXTENSION sequin_cdc VERSION '0.1.0';
+	CREATE TABLE src (id bigint PRIMARY KEY, t text);
+	ALTER TABLE src REPLICA IDENTITY FULL;
+	SELECT sequin_cdc.create_publication('up_pub', ARRAY['src']::regclass[]);
+});
+$node->safe_psql('postgres', "SELECT sequin_cdc.create_slot('up_slot', 'up_pub')");
+$node->safe_psql('postgres', "SELECT sequin_cdc.add_change_retention('src', slot => 'up_slot')");
+isnt(SequinNode::wait_for_worker($node, 'up_slot', timeout => 30), '', 'worker runs under 0.1.0');
+$node->safe_psql('postgres', "INSERT INTO src SELECT g, 'before' FROM generate_series(1, 10) g");
+ok(SequinNode::wait_for_capture($node), 'captured under 0.1.0');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM sequin_cdc.changes'), '10', '10 changes under 0.1.0');
+
+$node->safe_psql('postgres', "ALTER EXTENSION sequin_cdc UPDATE TO '0.2.0'");
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
+	'0.2.0', 'updated to 0.2.0');
+
+$node->safe_psql('postgres', q{
+	UPDATE src SET t = 'after' WHERE id <= 3;
+	DELETE FROM src WHERE id = 10;
+	INSERT INTO src VALUES (11, 'after');
+});
+ok(SequinNode::wait_for_capture($node), 'captured after the update');
+is($node->safe_psql('postgres', q{SELECT string_agg(action || record_pk, ',' ORDER BY seq)
+                                    FROM sequin_cdc.changes WHERE seq > 10}),
+	'update1,update2,update3,delete10,insert11', 'capture goes on across the update, exactly once');
+is($node->safe_psql('postgres', 'SELECT count(DISTINCT seq) = count(*) FROM sequin_cdc.changes'), 't',
+	'no duplicate seq');
+my $health = $node->safe_psql('postgres',
+	q{SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM sequin_cdc.health()});
+unlike($health, qr/=error/, 'health() after the update: no error');
+
+$node->safe_psql('fresh', 'CREATE EXTENSION sequin_cdc');
+is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
+	'0.2.0', 'a fresh install is 0.2.0');
+
+my %catalog = (
+	functions => q{
+		SELECT p.oid::regprocedure::text, p.prosecdef, p.provolatile, p.proconfig::text,
+		       coalesce(p.proacl::text, ''), md5(pg_get_functiondef(p.oid))
+		  FROM pg_proc p WHERE p.pronamespace = 'sequin_cdc'::regnamespace ORDER BY 1},
+	relations => q{
+		SELECT c.relname, c.relkind, coalesce(c.relacl::text, ''), c.relrowsecurity,
+		       coalesce(c.reloptions::text, '')
+		  FROM pg_class c WHERE c.relnamespace = 'sequin_cdc'::regnamespace ORDER BY 1},
+	columns => q{
+		SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+		       coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+		  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+		  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+		 WHERE c.relnamespace = 'sequin_cdc'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+		 ORDER BY 1, 2},
+	triggers => q{
+		SELECT t.tgrelid::regclass::text, t.tgname, pg_get_triggerdef(t.oid)
+		  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+		 WHERE c.relnamespace = 'sequin_cdc'::regnamespace AND NOT t.tgisinternal ORDER BY 1, 2},
+	views => q{
+		SELECT c.relname, md5(pg_get_viewdef(c.oid))
+		  FROM pg_class c WHERE c.relnamespace = 'sequin_cdc'::regnamespace AND c.relkind = 'v' ORDER BY 1},
+	policies => q{
+		SELECT tablename, policyname, roles::text, qual, with_check
+		  FROM pg_policies WHERE schemaname = 'sequin_cdc' ORDER BY 1, 2},
+	schema_acl => q{SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'sequin_cdc'},
+	config_dump => q{
+		SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text)
+		  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'sequin_cdc'},
+);
+for my $what (sort keys %catalog)
+{
+	my $updated = $node->safe_psql('postgres', $catalog{$what});
+	my $fresh = $node->safe_psql('fresh', $catalog{$what});
+	isnt($fresh, '', "$what: listed") unless $what eq 'policies' || $what eq 'schema_acl';
+	is($updated, $fresh, "$what: updated 0.1.0 equals fresh 0.2.0");
+}
+
+$node->stop;
+done_testing();
