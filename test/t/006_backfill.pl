@@ -582,7 +582,7 @@ UPDATE d2 SET v = :r, s = 'd2 ' || :r WHERE id = 100001 - :k;
 if (want('e'))
 {
 	fill('ef', 100_000);
-	my ($bf, $row) = start_and_wait_progress('ef', 1000, 2000);
+	my ($bf, $row) = start_and_wait_progress('ef', 100, 2000);
 	my $bg = $node->background_psql('postgres');
 	$bg->query_safe('BEGIN');
 	$bg->query_safe('LOCK TABLE ef IN ACCESS EXCLUSIVE MODE');
@@ -608,7 +608,7 @@ if (want('e'))
 if (want('e'))
 {
 	fill('tr', 100_000);
-	my ($bf, $row) = start_and_wait_progress('tr', 1000, 2000);
+	my ($bf, $row) = start_and_wait_progress('tr', 100, 2000);
 	my $bg = $node->background_psql('postgres');
 	$bg->query_safe('BEGIN');
 	$bg->query_safe('LOCK TABLE tr IN ACCESS EXCLUSIVE MODE');
