@@ -236,6 +236,7 @@ qry(q{
 	GRANT SELECT, INSERT ON sequin_cdc.backfills TO mallory, eve;
 	GRANT USAGE ON SEQUENCE sequin_cdc.backfills_id_seq TO mallory, eve;
 	GRANT EXECUTE ON FUNCTION sequin_cdc._start_backfill(bigint) TO mallory, eve;
+	GRANT EXECUTE ON FUNCTION sequin_cdc._validate_backfill_where(regclass, text) TO mallory, eve;
 });
 
 sub bf_done
