@@ -109,7 +109,8 @@ BEGIN
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
         RAISE EXCEPTION 'must be owner of change table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege';
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the owner of the change table (or a member of its role) may change or remove its registration.';
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
@@ -209,7 +210,8 @@ BEGIN
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
         RAISE EXCEPTION 'must be owner of table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege';
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Only the owner of the change table may change or drop its retention policy, with sequin_cdc.drop_retention_policy().';
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
