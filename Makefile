@@ -15,7 +15,13 @@ OBJS = \
 	src/sink_webhook.o
 
 EXTENSION = sequin_cdc
-DATA = $(wildcard sql/sequin_cdc--*.sql)
+EXTVERSION = 0.3.0
+# The install script of the current version is joined from sql/src/NN_*.sql
+# (one subsystem a piece), as pg_cron builds its own; like every released
+# script it is committed. Upgrade scripts are written by hand.
+SQL_PIECES = $(sort $(wildcard sql/src/*.sql))
+SQL_SCRIPT = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA = $(sort $(wildcard sql/$(EXTENSION)--*.sql) $(SQL_SCRIPT))
 PGFILEDESC = "sequin_cdc - change data capture into change tables"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -36,3 +42,14 @@ PROVE_TESTS = test/t/*.pl
 
 # every object depends on every header (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard src/*.h)
+
+all: $(SQL_SCRIPT)
+
+$(SQL_SCRIPT): $(SQL_PIECES)
+	cat $(SQL_PIECES) > $@
+
+# Fails when the committed install script is not what the pieces join to.
+sql-check:
+	cat $(SQL_PIECES) | cmp - $(SQL_SCRIPT)
+
+.PHONY: sql-check

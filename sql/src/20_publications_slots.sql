@@ -1,0 +1,58 @@
+------------------------------------------------------------------------------
+-- Publications and slots
+------------------------------------------------------------------------------
+
+CREATE FUNCTION sequin_cdc.create_publication(
+    publication name,
+    tables regclass[] DEFAULT NULL,
+    schemas name[] DEFAULT NULL,
+    publish_via_partition_root bool DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    targets text[] := '{}';
+BEGIN
+    IF publication IS NULL THEN
+        RAISE EXCEPTION 'publication name must not be null'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a name, e.g. sequin_cdc.create_publication(''my_pub'', ARRAY[''public.orders'']::regclass[]).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = publication) THEN
+        RAISE EXCEPTION 'publication "%" already exists', publication
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Use the existing publication with sequin_cdc.create_slot(), or choose another name.';
+    END IF;
+    IF cardinality(tables) = 0 AND schemas IS NULL OR cardinality(schemas) = 0 AND tables IS NULL THEN
+        RAISE EXCEPTION 'publication "%" would cover no table', publication
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass tables, schemas, or neither (for all tables).';
+    END IF;
+    IF cardinality(tables) > 0 THEN
+        targets := targets || ('TABLE ' || (SELECT string_agg(t::text, ', ') FROM unnest(tables) t));
+    END IF;
+    IF cardinality(schemas) > 0 THEN
+        targets := targets || ('TABLES IN SCHEMA ' ||
+                   (SELECT string_agg(quote_ident(s), ', ') FROM unnest(schemas) s));
+    END IF;
+    EXECUTE format('CREATE PUBLICATION %I %s WITH (publish_via_partition_root = %s)',
+                   publication,
+                   CASE WHEN cardinality(targets) = 0 THEN 'FOR ALL TABLES'
+                        ELSE 'FOR ' || array_to_string(targets, ', ') END,
+                   CASE WHEN publish_via_partition_root THEN 'true' ELSE 'false' END);
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc.create_publication(name, regclass[], name[], bool) IS
+    'Creates a publication of the given tables and schemas (all tables when both are null). Create it before the slot.';
+
+CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name) RETURNS pg_lsn
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
+COMMENT ON FUNCTION sequin_cdc.create_slot(name, name) IS
+    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at.';
+
+CREATE FUNCTION sequin_cdc.drop_slot(slot name) RETURNS void
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_drop_slot';
+COMMENT ON FUNCTION sequin_cdc.drop_slot(name) IS
+    'Stops the capture worker of a sequin_cdc slot and drops the slot. Its retention rules stay and apply again if a slot of the same name is created.';
+

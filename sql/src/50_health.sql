@@ -1,0 +1,172 @@
+------------------------------------------------------------------------------
+-- health()
+------------------------------------------------------------------------------
+
+CREATE FUNCTION sequin_cdc.health()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+    max_lag bigint := pg_size_bytes(current_setting('sequin_cdc.max_lag'));
+BEGIN
+    check_name := 'wal_level';
+    IF current_setting('wal_level') = 'logical' THEN
+        status := 'ok'; detail := 'wal_level = logical';
+    ELSE
+        status := 'error';
+        detail := format('wal_level = %s; set wal_level = logical in postgresql.conf and restart', current_setting('wal_level'));
+    END IF;
+    RETURN NEXT;
+
+    check_name := 'output_plugin_libraries';
+    IF sequin_cdc._plugin_allowed() THEN
+        status := 'ok';
+        detail := coalesce('output_plugin_libraries = ' || sequin_cdc._output_plugin_libraries(),
+                           'this server does not restrict output plugins');
+    ELSE
+        status := 'error';
+        detail := format('output_plugin_libraries = ''%s'' does not list sequin_cdc; set output_plugin_libraries = ''%s, sequin_cdc'' in postgresql.conf and reload',
+                         sequin_cdc._output_plugin_libraries(), sequin_cdc._output_plugin_libraries());
+    END IF;
+    RETURN NEXT;
+
+    IF NOT EXISTS (SELECT 1 FROM sequin_cdc.slots) THEN
+        check_name := 'slots'; status := 'warning';
+        detail := 'no slot yet: create one with sequin_cdc.create_publication() and sequin_cdc.create_slot()';
+        RETURN NEXT;
+    END IF;
+
+    FOR r IN
+        SELECT s.slot_name, s.publication, rs.slot_name IS NOT NULL AS present,
+               rs.wal_status, c.pid, c.lag_bytes, c.last_error, c.errors,
+               EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists
+          FROM sequin_cdc.slots s
+          LEFT JOIN pg_replication_slots rs ON rs.slot_name = s.slot_name
+          LEFT JOIN sequin_cdc.pg_stat_capture c ON c.slot_name = s.slot_name::text
+         ORDER BY s.slot_name
+    LOOP
+        check_name := format('slot %s', r.slot_name);
+        IF NOT r.present THEN
+            status := 'error';
+            detail := 'the replication slot is missing; drop its configuration with sequin_cdc.drop_slot() or create it again';
+        ELSIF r.wal_status = 'lost' THEN
+            status := 'error';
+            detail := 'the slot was invalidated (wal_status = lost): changes were lost; drop and create the slot, then backfill';
+        ELSE
+            status := 'ok'; detail := format('wal_status = %s', r.wal_status);
+        END IF;
+        RETURN NEXT;
+
+        IF r.present AND r.wal_status IS DISTINCT FROM 'lost' THEN
+            check_name := format('worker %s', r.slot_name);
+            IF r.pid IS NOT NULL THEN
+                status := 'ok'; detail := format('capture worker running, pid %s', r.pid);
+            ELSE
+                status := 'error';
+                detail := 'no capture worker is running'
+                          || coalesce(format('; last error: %s', r.last_error), '')
+                          || '; check the server log and max_worker_processes';
+            END IF;
+            RETURN NEXT;
+
+            check_name := format('lag %s', r.slot_name);
+            IF r.lag_bytes > max_lag THEN
+                status := 'warning';
+                detail := format('slot is %s behind (sequin_cdc.max_lag = %s)',
+                                 pg_size_pretty(r.lag_bytes), current_setting('sequin_cdc.max_lag'));
+            ELSE
+                status := 'ok'; detail := format('%s behind', pg_size_pretty(coalesce(r.lag_bytes, 0)));
+            END IF;
+            RETURN NEXT;
+        END IF;
+
+        check_name := format('publication %s', r.publication);
+        IF r.pub_exists THEN
+            status := 'ok'; detail := format('used by slot %s', r.slot_name);
+        ELSE
+            status := 'error';
+            detail := format('publication of slot %s is missing: nothing is captured; create it with sequin_cdc.create_publication()', r.slot_name);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR r IN
+        SELECT cr.id, cr.source_table, cr.change_table, s.publication,
+               sequin_cdc._publication_covers(s.publication, cr.source_table) AS covered,
+               (SELECT string_agg(t.relid::regclass::text, ', ')
+                  FROM sequin_cdc._tree(cr.source_table) t(relid) JOIN pg_class c ON c.oid = t.relid
+                 WHERE c.relkind = 'r' AND c.relreplident <> 'f') AS not_full
+          FROM sequin_cdc.change_retention cr
+          LEFT JOIN sequin_cdc.slots s ON s.slot_name = cr.slot_name
+         ORDER BY cr.id
+    LOOP
+        check_name := format('publication covers %s', r.source_table);
+        IF r.covered THEN
+            status := 'ok'; detail := format('in publication %s', r.publication);
+        ELSE
+            status := 'error';
+            detail := format('%s is not in publication %s: its changes are not captured; ALTER PUBLICATION %I ADD TABLE %s',
+                             r.source_table, coalesce(r.publication::text, '(slot missing)'),
+                             coalesce(r.publication::text, '?'), r.source_table);
+        END IF;
+        RETURN NEXT;
+
+        check_name := format('replica identity %s', r.source_table);
+        IF r.not_full IS NULL THEN
+            status := 'ok'; detail := 'REPLICA IDENTITY FULL';
+        ELSE
+            status := 'warning';
+            detail := format('%s not REPLICA IDENTITY FULL: updates have changes = null, deletes carry only the replica identity columns, unchanged TOASTed values are missing; ALTER TABLE ... REPLICA IDENTITY FULL',
+                             r.not_full);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    -- retention jobs and sinks (their views are defined further down)
+    FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
+        check_name := format('retention %s', r.change_table);
+        IF r.job_state = 'missing' THEN
+            status := 'error';
+            detail := format('pg_cron job %s is gone: old changes are not removed; run sequin_cdc.set_retention_policy(%L, %L) again',
+                             r.jobid, r.change_table::text, r.keep::text);
+        ELSIF r.job_state = 'inactive' THEN
+            status := 'warning';
+            detail := format('pg_cron job %s is inactive; activate it with cron.alter_job(%s, active => true)', r.jobid, r.jobid);
+        ELSIF r.last_status = 'failed' THEN
+            status := 'warning';
+            detail := format('last run failed: %s', r.last_message);
+        ELSIF r.job_state = 'none' THEN
+            status := 'warning';
+            detail := 'no pg_cron job in this database: schedule it where pg_cron runs (see set_retention_policy''s hint)';
+        ELSE
+            status := 'ok';
+            detail := format('keep %s, %s, job %s', r.keep, r.schedule, r.jobid);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR r IN SELECT * FROM sequin_cdc.pg_stat_sinks ORDER BY name LOOP
+        check_name := format('sink %s', r.name);
+        IF r.state = 'paused' THEN
+            status := 'ok'; detail := 'paused';
+        ELSIF r.worker_pid IS NULL THEN
+            status := 'error';
+            detail := format('no delivery worker is running; start it with sequin_cdc.resume_sink(%L) and check the server log', r.name);
+        ELSIF r.consecutive_failures > 0 THEN
+            status := 'warning';
+            detail := format('%s failed attempts in a row (last HTTP status %s: %s); %s changes waiting',
+                             r.consecutive_failures, coalesce(r.last_http_status::text, 'none'),
+                             coalesce(r.last_error, ''), r.backlog);
+        ELSE
+            status := 'ok';
+            detail := format('%s changes waiting', r.backlog);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc.health() IS
+    'Checks what capture depends on (wal_level, output_plugin_libraries, slots, workers, lag, publications, replica identity) and says what to fix.';
+
