@@ -121,6 +121,32 @@ AS $$ SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHER
 COMMENT ON FUNCTION sequin_cdc._owns(regclass) IS
     'Internal: whether the current role has the privileges of the relation''s owner (null if it does not exist).';
 
+-- The one owner check: raises insufficient_privilege with the caller's
+-- message, detail (may be null) and hint unless the current role has the
+-- privileges of the relation's owner.  A relation that no longer exists
+-- passes when gone_ok, so that configuration rows naming a dropped table
+-- can still be changed or removed.  Used by the guard triggers and the API.
+CREATE FUNCTION sequin_cdc._require_owner(rel regclass, gone_ok bool,
+                                          message text, detail text, hint text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    owns bool := sequin_cdc._owns(rel);
+BEGIN
+    IF owns OR (gone_ok AND owns IS NULL) THEN
+        RETURN;
+    ELSIF detail IS NULL THEN
+        RAISE EXCEPTION '%', message USING ERRCODE = 'insufficient_privilege', HINT = hint;
+    ELSE
+        RAISE EXCEPTION '%', message USING ERRCODE = 'insufficient_privilege', DETAIL = detail, HINT = hint;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._require_owner(regclass, bool, text, text, text) IS
+    'Internal: raises the given insufficient_privilege error unless the current role has the privileges of the relation''s owner (a relation that is gone passes when gone_ok).';
+
 -- Does the publication publish the table, one of its partitions or one of
 -- the tables it is a partition of?  By OID, never by name: a table dropped
 -- or renamed meanwhile by another session cannot make it fail, and no
@@ -377,12 +403,10 @@ BEGIN
                   DETAIL = 'A retention rule copies every change of the table into a change table; it needs the right to read the table.',
                   HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
     END IF;
-    IF sequin_cdc._owns(change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of change table %', change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Changes are written into the change table as its owner.',
-                  HINT = 'Create a change table of your own with sequin_cdc.create_change_table(), or run it as the owner of this one.';
-    END IF;
+    PERFORM sequin_cdc._require_owner(change_table, false,
+        format('must be owner of change table %s', change_table),
+        'Changes are written into the change table as its owner.',
+        'Create a change table of your own with sequin_cdc.create_change_table(), or run it as the owner of this one.');
     IF NOT has_table_privilege('sequin_cdc.change_retention', 'SELECT, INSERT') THEN
         RAISE EXCEPTION 'permission denied for the retention rules of sequin_cdc'
             USING ERRCODE = 'insufficient_privilege',
@@ -737,94 +761,36 @@ COMMENT ON TABLE sequin_cdc.retention_policies IS
     'Retention policies set by sequin_cdc.set_retention_policy: window, pg_cron schedule and job (null: no job in this database), method. created_at is when the policy was last set.';
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.retention_policies', '');
 
--- Why a cron schedule is not valid, or null when it is. Follows pg_cron's
--- parser (five fields: minute hour day-of-month month day-of-week, each a
--- comma list of *, N, N-M, with /step after * or a range, month and day
--- names; or @hourly, @daily, ...). Also lets through the forms newer pg_cron
--- versions add ('N seconds', '$' for the last day of the month): where
--- pg_cron runs in this database, its own parser has the last word.
+-- Why pg_cron refuses a schedule (its own message), or null when it accepts
+-- it. pg_cron's parser is the authority (each version accepts other forms:
+-- 'N seconds', '$'), and it has no function that only parses: a job is
+-- scheduled in a subtransaction that is always rolled back, so nothing stays
+-- but a used job id. Null too when pg_cron cannot be asked here (not in this
+-- database, or the role may not schedule): whoever schedules the job then
+-- gets pg_cron's error.
 CREATE FUNCTION sequin_cdc._cron_schedule_problem(schedule text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT
+LANGUAGE plpgsql STRICT
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    s text := lower(btrim(schedule, E' \t\r\n'));
-    fields text[];
-    field_names text[] := ARRAY['minute', 'hour', 'day of month', 'month', 'day of week'];
-    lo int[] := ARRAY[0, 0, 1, 1, 0];
-    hi int[] := ARRAY[59, 23, 31, 12, 7];
-    months text[] := ARRAY['jan', 'feb', 'mar', 'apr', 'may', 'jun',
-                           'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
-    days text[] := ARRAY['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
-    item text;
-    part text;
-    m text[];
-    v int;
-    i int;
 BEGIN
-    IF s ~ '^@(yearly|annually|monthly|weekly|daily|midnight|hourly|reboot|restart)$' THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
+       OR NOT has_schema_privilege('cron', 'USAGE')
+       OR NOT has_function_privilege('cron.schedule(text,text)', 'EXECUTE') THEN
         RETURN NULL;
     END IF;
-    m := regexp_match(s, '^([0-9]{1,9})\s*seconds?$');
-    IF m IS NOT NULL THEN
-        IF m[1]::int BETWEEN 1 AND 59 THEN
+    BEGIN
+        PERFORM cron.schedule(schedule, 'SELECT 1');
+        RAISE EXCEPTION 'schedule accepted' USING ERRCODE = 'SQ001';   -- undo the job
+    EXCEPTION
+        WHEN invalid_parameter_value THEN
+            RETURN SQLERRM;
+        WHEN SQLSTATE 'SQ001' THEN
             RETURN NULL;
-        END IF;
-        RETURN format('an interval in seconds must be between 1 and 59, not %s', m[1]);
-    END IF;
-    IF s = '' THEN
-        RETURN 'the schedule is empty';
-    END IF;
-    fields := regexp_split_to_array(s, '\s+');
-    IF cardinality(fields) <> 5 THEN
-        RETURN format('expected 5 fields (minute hour day-of-month month day-of-week), found %s',
-                      cardinality(fields));
-    END IF;
-    FOR i IN 1..5 LOOP
-        FOREACH item IN ARRAY string_to_array(fields[i], ',') LOOP
-            IF i = 3 AND item = '$' THEN
-                CONTINUE;           -- last day of the month (pg_cron 1.5+)
-            END IF;
-            -- * | value | value-value, then an optional /step
-            m := regexp_match(item, '^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$');
-            IF m IS NULL THEN
-                RETURN format('%s field "%s": "%s" is not *, a value or a range',
-                              field_names[i], fields[i], item);
-            END IF;
-            IF m[4] IS NOT NULL AND m[1] IS NULL AND m[3] IS NULL THEN
-                RETURN format('%s field "%s": a step needs * or a range before it, as in */%s',
-                              field_names[i], fields[i], m[4]);
-            END IF;
-            IF m[4] IS NOT NULL AND (length(m[4]) > 9 OR m[4]::int = 0) THEN
-                RETURN format('%s field "%s": the step must be a positive number',
-                              field_names[i], fields[i]);
-            END IF;
-            FOREACH part IN ARRAY ARRAY[m[2], m[3]] LOOP
-                CONTINUE WHEN part IS NULL;
-                IF part ~ '^[0-9]{1,9}$' THEN
-                    v := part::int;
-                ELSIF i = 4 AND part = ANY (months) THEN
-                    v := array_position(months, part);
-                ELSIF i = 5 AND part = ANY (days) THEN
-                    v := array_position(days, part) - 1;
-                ELSE
-                    RETURN format('%s field "%s": "%s" is not a number%s',
-                                  field_names[i], fields[i], part,
-                                  CASE i WHEN 4 THEN ' or a month name (jan-dec)'
-                                         WHEN 5 THEN ' or a day name (sun-sat)'
-                                         ELSE '' END);
-                END IF;
-                IF v < lo[i] OR v > hi[i] THEN
-                    RETURN format('%s %s is out of range %s-%s', field_names[i], part, lo[i], hi[i]);
-                END IF;
-            END LOOP;
-        END LOOP;
-    END LOOP;
-    RETURN NULL;
+    END;
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._cron_schedule_problem(text) IS
-    'Internal: why a pg_cron schedule is invalid, or null when it is valid.';
+    'Internal: pg_cron''s message when it refuses a schedule, or null when it accepts it (or cannot be asked in this database).';
 
 -- An interval as text in the default style ('30 days'), whatever the
 -- session's IntervalStyle: for hints and for pg_partman's part_config.
@@ -1032,16 +998,12 @@ RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    owner name;
 BEGIN
-    SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = tbl;
-    IF NOT pg_has_role(current_user, owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A retention policy deletes rows of the table on a schedule, as the role that sets it.',
-                  HINT = format('Run it as %I (the owner), a member of that role, or a superuser.', owner);
-    END IF;
+    PERFORM sequin_cdc._require_owner(tbl, false,
+        format('must be owner of table %s', tbl),
+        'A retention policy deletes rows of the table on a schedule, as the role that sets it.',
+        format('Run it as %I (the owner), a member of that role, or a superuser.',
+               (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = tbl)));
     IF NOT has_table_privilege('sequin_cdc.change_tables', 'SELECT')
        OR NOT has_table_privilege('sequin_cdc.retention_policies', policy_privileges) THEN
         RAISE EXCEPTION 'permission denied for the retention configuration of sequin_cdc'
@@ -1100,7 +1062,7 @@ BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'invalid cron schedule "%"', schedule
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = upper(left(problem, 1)) || substr(problem, 2) || '.',
+                  DETAIL = format('pg_cron says: %s.', problem),
                   HINT = 'A schedule has five fields: minute hour day-of-month month day-of-week, e.g. ''*/10 * * * *'' (every 10 minutes) or ''30 3 * * *'' (03:30 daily).';
     END IF;
 
@@ -1149,28 +1111,20 @@ BEGIN
         END IF;
     END IF;
 
+    -- (pg_cron has checked the schedule: _cron_schedule_problem above)
     IF schedule IS NOT NULL THEN
-        BEGIN
-            IF prev.jobid IS NOT NULL AND prev.job_owner IS DISTINCT FROM current_user
-               AND EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = prev.jobid) THEN
-                -- a superuser (checked above) changing another role's job:
-                -- keep its id and the role it runs as
-                PERFORM cron.alter_job(prev.jobid, schedule => schedule, command => command);
-                new_jobid := prev.jobid;
-                new_owner := prev.job_owner;
-            ELSE
-                -- same job name, same role: pg_cron updates the job in place
-                new_jobid := cron.schedule(job_name, schedule, command);
-                new_owner := current_user;
-            END IF;
-        EXCEPTION WHEN invalid_parameter_value THEN
-            RAISE EXCEPTION 'invalid cron schedule "%"', schedule
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = format('pg_cron %s says: %s.',
-                                      (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_cron'),
-                                      SQLERRM),
-                      HINT = 'A schedule has five fields: minute hour day-of-month month day-of-week, e.g. ''*/10 * * * *''.';
-        END;
+        IF prev.jobid IS NOT NULL AND prev.job_owner IS DISTINCT FROM current_user
+           AND EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = prev.jobid) THEN
+            -- a superuser (checked above) changing another role's job:
+            -- keep its id and the role it runs as
+            PERFORM cron.alter_job(prev.jobid, schedule => schedule, command => command);
+            new_jobid := prev.jobid;
+            new_owner := prev.job_owner;
+        ELSE
+            -- same job name, same role: pg_cron updates the job in place
+            new_jobid := cron.schedule(job_name, schedule, command);
+            new_owner := current_user;
+        END IF;
     END IF;
     IF prev.jobid IS NOT NULL AND prev.jobid IS DISTINCT FROM new_jobid
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
@@ -1781,10 +1735,48 @@ COMMENT ON VIEW sequin_cdc.pg_stat_sinks IS
     'One row per webhook sink: state (active, paused), worker pid, endpoint (without credentials or query), cursor seq, backlog, delivered changes, requests, failed attempts, consecutive failures, last HTTP status, last error and the times of the last failure and success. Never shows headers.';
 
 ------------------------------------------------------------------------------
--- health()
+-- health(): one function a check, health() their rows in a fixed order
+--
+-- Every _health_* function returns rows (check_name, status, detail): status
+-- is ok, warning or error, and detail says what to fix. They run with the
+-- caller's rights, as health() does.
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION sequin_cdc.health()
+-- Logical decoding needs wal_level = logical.
+CREATE FUNCTION sequin_cdc._health_wal_level()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'wal_level',
+           CASE WHEN w = 'logical' THEN 'ok' ELSE 'error' END,
+           CASE WHEN w = 'logical' THEN 'wal_level = logical'
+                ELSE format('wal_level = %s; set wal_level = logical in postgresql.conf and restart', w) END
+      FROM current_setting('wal_level') w
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_wal_level() IS
+    'Internal: the wal_level row of health().';
+
+-- The server must let sequin_cdc be an output plugin (output_plugin_libraries).
+CREATE FUNCTION sequin_cdc._health_output_plugin()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'output_plugin_libraries',
+           CASE WHEN allowed THEN 'ok' ELSE 'error' END,
+           CASE WHEN allowed THEN coalesce('output_plugin_libraries = ' || libs,
+                                           'this server does not restrict output plugins')
+                ELSE format('output_plugin_libraries = ''%s'' does not list sequin_cdc; set output_plugin_libraries = ''%s, sequin_cdc'' in postgresql.conf and reload',
+                            libs, libs) END
+      FROM sequin_cdc._plugin_allowed() allowed, sequin_cdc._output_plugin_libraries() libs
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_output_plugin() IS
+    'Internal: the output_plugin_libraries row of health().';
+
+-- Each slot: present and not invalidated, its capture worker running, its lag
+-- under sequin_cdc.max_lag, its publication present.
+CREATE FUNCTION sequin_cdc._health_slots()
 RETURNS TABLE (check_name text, status text, detail text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1793,27 +1785,6 @@ DECLARE
     r record;
     max_lag bigint := pg_size_bytes(current_setting('sequin_cdc.max_lag'));
 BEGIN
-    check_name := 'wal_level';
-    IF current_setting('wal_level') = 'logical' THEN
-        status := 'ok'; detail := 'wal_level = logical';
-    ELSE
-        status := 'error';
-        detail := format('wal_level = %s; set wal_level = logical in postgresql.conf and restart', current_setting('wal_level'));
-    END IF;
-    RETURN NEXT;
-
-    check_name := 'output_plugin_libraries';
-    IF sequin_cdc._plugin_allowed() THEN
-        status := 'ok';
-        detail := coalesce('output_plugin_libraries = ' || sequin_cdc._output_plugin_libraries(),
-                           'this server does not restrict output plugins');
-    ELSE
-        status := 'error';
-        detail := format('output_plugin_libraries = ''%s'' does not list sequin_cdc; set output_plugin_libraries = ''%s, sequin_cdc'' in postgresql.conf and reload',
-                         sequin_cdc._output_plugin_libraries(), sequin_cdc._output_plugin_libraries());
-    END IF;
-    RETURN NEXT;
-
     IF NOT EXISTS (SELECT 1 FROM sequin_cdc.slots) THEN
         check_name := 'slots'; status := 'warning';
         detail := 'no slot yet: create one with sequin_cdc.create_publication() and sequin_cdc.create_slot()';
@@ -1873,7 +1844,21 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_slots() IS
+    'Internal: the rows of health() about each slot: slot, worker, lag, publication.';
 
+-- Each retention rule: its table is in the slot's publication and, with its
+-- partitions, REPLICA IDENTITY FULL.
+CREATE FUNCTION sequin_cdc._health_retention_rules()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN
         SELECT cr.id, cr.source_table, cr.change_table, s.publication,
                sequin_cdc._publication_covers(s.publication, cr.source_table) AS covered,
@@ -1905,8 +1890,20 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_retention_rules() IS
+    'Internal: the rows of health() about each retention rule: publication coverage and replica identity.';
 
-    -- retention jobs and sinks (their views are defined further down)
+-- Each retention policy: its pg_cron job is present, active and not failing.
+CREATE FUNCTION sequin_cdc._health_retention_policies()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
         check_name := format('retention %s', r.change_table);
         IF r.job_state = 'missing' THEN
@@ -1928,7 +1925,20 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_retention_policies() IS
+    'Internal: the rows of health() about each retention policy''s pg_cron job.';
 
+-- Each sink: paused, or its delivery worker running and not failing.
+CREATE FUNCTION sequin_cdc._health_sinks()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_sinks ORDER BY name LOOP
         check_name := format('sink %s', r.name);
         IF r.state = 'paused' THEN
@@ -1947,6 +1957,23 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_sinks() IS
+    'Internal: the rows of health() about each sink.';
+
+CREATE FUNCTION sequin_cdc.health()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM sequin_cdc._health_wal_level();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_output_plugin();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_slots();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_retention_rules();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_retention_policies();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_sinks();
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.health() IS
@@ -1998,20 +2025,18 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'must be owner of change table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the owner of the change table (or a member of its role) may change or remove its registration.';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('must be owner of change table %s', OLD.change_table), NULL,
+            'Only the owner of the change table (or a member of its role) may change or remove its registration.');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Capture writes into a change table as its owner; only the owner may register it.',
-                  HINT = 'Create change tables with sequin_cdc.create_change_table().';
-    END IF;
+    PERFORM sequin_cdc._require_owner(NEW.change_table, false,
+        format('must be owner of table %s', NEW.change_table),
+        'Capture writes into a change table as its owner; only the owner may register it.',
+        'Create change tables with sequin_cdc.create_change_table().');
     RETURN NEW;
 END
 $fn$;
@@ -2024,10 +2049,10 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'retention rule % writes into %, which the role does not own', OLD.id, OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Run it as the owner of the change table.';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('retention rule %s writes into %s, which the role does not own', OLD.id, OLD.change_table), NULL,
+            'Run it as the owner of the change table.');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
@@ -2038,13 +2063,12 @@ BEGIN
                   DETAIL = 'A retention rule copies every change of the table; it needs the right to read the table.',
                   HINT = 'Use sequin_cdc.add_change_retention() for a table the role may read.';
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE
-       OR NOT EXISTS (SELECT 1 FROM sequin_cdc.change_tables ct WHERE ct.change_table = NEW.change_table) THEN
-        RAISE EXCEPTION 'must be owner of change table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Changes are written into the change table as its owner.',
-                  HINT = 'Use a change table of your own, made by sequin_cdc.create_change_table().';
-    END IF;
+    -- (not a change table: refused like one of another role)
+    PERFORM sequin_cdc._require_owner(
+        (SELECT ct.change_table FROM sequin_cdc.change_tables ct WHERE ct.change_table = NEW.change_table), false,
+        format('must be owner of change table %s', NEW.change_table),
+        'Changes are written into the change table as its owner.',
+        'Use a change table of your own, made by sequin_cdc.create_change_table().');
     IF NEW.filter IS NOT NULL THEN
         PERFORM sequin_cdc._validate_filter(NEW.source_table, NEW.filter);
     END IF;
@@ -2099,19 +2123,17 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'must be owner of table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the owner of the change table may change or drop its retention policy, with sequin_cdc.drop_retention_policy().';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('must be owner of table %s', OLD.change_table), NULL,
+            'Only the owner of the change table may change or drop its retention policy, with sequin_cdc.drop_retention_policy().');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Use sequin_cdc.set_retention_policy() as the owner of the change table.';
-    END IF;
+    PERFORM sequin_cdc._require_owner(NEW.change_table, false,
+        format('must be owner of table %s', NEW.change_table), NULL,
+        'Use sequin_cdc.set_retention_policy() as the owner of the change table.');
     IF NEW.jobid IS NOT NULL THEN
         -- a job of the current role (pg_cron shows each role only its own)
         NEW.job_owner := current_user;

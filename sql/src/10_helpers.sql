@@ -56,6 +56,32 @@ AS $$ SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c WHER
 COMMENT ON FUNCTION sequin_cdc._owns(regclass) IS
     'Internal: whether the current role has the privileges of the relation''s owner (null if it does not exist).';
 
+-- The one owner check: raises insufficient_privilege with the caller's
+-- message, detail (may be null) and hint unless the current role has the
+-- privileges of the relation's owner.  A relation that no longer exists
+-- passes when gone_ok, so that configuration rows naming a dropped table
+-- can still be changed or removed.  Used by the guard triggers and the API.
+CREATE FUNCTION sequin_cdc._require_owner(rel regclass, gone_ok bool,
+                                          message text, detail text, hint text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    owns bool := sequin_cdc._owns(rel);
+BEGIN
+    IF owns OR (gone_ok AND owns IS NULL) THEN
+        RETURN;
+    ELSIF detail IS NULL THEN
+        RAISE EXCEPTION '%', message USING ERRCODE = 'insufficient_privilege', HINT = hint;
+    ELSE
+        RAISE EXCEPTION '%', message USING ERRCODE = 'insufficient_privilege', DETAIL = detail, HINT = hint;
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._require_owner(regclass, bool, text, text, text) IS
+    'Internal: raises the given insufficient_privilege error unless the current role has the privileges of the relation''s owner (a relation that is gone passes when gone_ok).';
+
 -- Does the publication publish the table, one of its partitions or one of
 -- the tables it is a partition of?  By OID, never by name: a table dropped
 -- or renamed meanwhile by another session cannot make it fail, and no

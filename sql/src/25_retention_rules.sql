@@ -63,12 +63,10 @@ BEGIN
                   DETAIL = 'A retention rule copies every change of the table into a change table; it needs the right to read the table.',
                   HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
     END IF;
-    IF sequin_cdc._owns(change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of change table %', change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Changes are written into the change table as its owner.',
-                  HINT = 'Create a change table of your own with sequin_cdc.create_change_table(), or run it as the owner of this one.';
-    END IF;
+    PERFORM sequin_cdc._require_owner(change_table, false,
+        format('must be owner of change table %s', change_table),
+        'Changes are written into the change table as its owner.',
+        'Create a change table of your own with sequin_cdc.create_change_table(), or run it as the owner of this one.');
     IF NOT has_table_privilege('sequin_cdc.change_retention', 'SELECT, INSERT') THEN
         RAISE EXCEPTION 'permission denied for the retention rules of sequin_cdc'
             USING ERRCODE = 'insufficient_privilege',

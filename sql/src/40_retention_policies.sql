@@ -25,94 +25,36 @@ COMMENT ON TABLE sequin_cdc.retention_policies IS
     'Retention policies set by sequin_cdc.set_retention_policy: window, pg_cron schedule and job (null: no job in this database), method. created_at is when the policy was last set.';
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.retention_policies', '');
 
--- Why a cron schedule is not valid, or null when it is. Follows pg_cron's
--- parser (five fields: minute hour day-of-month month day-of-week, each a
--- comma list of *, N, N-M, with /step after * or a range, month and day
--- names; or @hourly, @daily, ...). Also lets through the forms newer pg_cron
--- versions add ('N seconds', '$' for the last day of the month): where
--- pg_cron runs in this database, its own parser has the last word.
+-- Why pg_cron refuses a schedule (its own message), or null when it accepts
+-- it. pg_cron's parser is the authority (each version accepts other forms:
+-- 'N seconds', '$'), and it has no function that only parses: a job is
+-- scheduled in a subtransaction that is always rolled back, so nothing stays
+-- but a used job id. Null too when pg_cron cannot be asked here (not in this
+-- database, or the role may not schedule): whoever schedules the job then
+-- gets pg_cron's error.
 CREATE FUNCTION sequin_cdc._cron_schedule_problem(schedule text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT
+LANGUAGE plpgsql STRICT
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    s text := lower(btrim(schedule, E' \t\r\n'));
-    fields text[];
-    field_names text[] := ARRAY['minute', 'hour', 'day of month', 'month', 'day of week'];
-    lo int[] := ARRAY[0, 0, 1, 1, 0];
-    hi int[] := ARRAY[59, 23, 31, 12, 7];
-    months text[] := ARRAY['jan', 'feb', 'mar', 'apr', 'may', 'jun',
-                           'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
-    days text[] := ARRAY['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
-    item text;
-    part text;
-    m text[];
-    v int;
-    i int;
 BEGIN
-    IF s ~ '^@(yearly|annually|monthly|weekly|daily|midnight|hourly|reboot|restart)$' THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
+       OR NOT has_schema_privilege('cron', 'USAGE')
+       OR NOT has_function_privilege('cron.schedule(text,text)', 'EXECUTE') THEN
         RETURN NULL;
     END IF;
-    m := regexp_match(s, '^([0-9]{1,9})\s*seconds?$');
-    IF m IS NOT NULL THEN
-        IF m[1]::int BETWEEN 1 AND 59 THEN
+    BEGIN
+        PERFORM cron.schedule(schedule, 'SELECT 1');
+        RAISE EXCEPTION 'schedule accepted' USING ERRCODE = 'SQ001';   -- undo the job
+    EXCEPTION
+        WHEN invalid_parameter_value THEN
+            RETURN SQLERRM;
+        WHEN SQLSTATE 'SQ001' THEN
             RETURN NULL;
-        END IF;
-        RETURN format('an interval in seconds must be between 1 and 59, not %s', m[1]);
-    END IF;
-    IF s = '' THEN
-        RETURN 'the schedule is empty';
-    END IF;
-    fields := regexp_split_to_array(s, '\s+');
-    IF cardinality(fields) <> 5 THEN
-        RETURN format('expected 5 fields (minute hour day-of-month month day-of-week), found %s',
-                      cardinality(fields));
-    END IF;
-    FOR i IN 1..5 LOOP
-        FOREACH item IN ARRAY string_to_array(fields[i], ',') LOOP
-            IF i = 3 AND item = '$' THEN
-                CONTINUE;           -- last day of the month (pg_cron 1.5+)
-            END IF;
-            -- * | value | value-value, then an optional /step
-            m := regexp_match(item, '^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$');
-            IF m IS NULL THEN
-                RETURN format('%s field "%s": "%s" is not *, a value or a range',
-                              field_names[i], fields[i], item);
-            END IF;
-            IF m[4] IS NOT NULL AND m[1] IS NULL AND m[3] IS NULL THEN
-                RETURN format('%s field "%s": a step needs * or a range before it, as in */%s',
-                              field_names[i], fields[i], m[4]);
-            END IF;
-            IF m[4] IS NOT NULL AND (length(m[4]) > 9 OR m[4]::int = 0) THEN
-                RETURN format('%s field "%s": the step must be a positive number',
-                              field_names[i], fields[i]);
-            END IF;
-            FOREACH part IN ARRAY ARRAY[m[2], m[3]] LOOP
-                CONTINUE WHEN part IS NULL;
-                IF part ~ '^[0-9]{1,9}$' THEN
-                    v := part::int;
-                ELSIF i = 4 AND part = ANY (months) THEN
-                    v := array_position(months, part);
-                ELSIF i = 5 AND part = ANY (days) THEN
-                    v := array_position(days, part) - 1;
-                ELSE
-                    RETURN format('%s field "%s": "%s" is not a number%s',
-                                  field_names[i], fields[i], part,
-                                  CASE i WHEN 4 THEN ' or a month name (jan-dec)'
-                                         WHEN 5 THEN ' or a day name (sun-sat)'
-                                         ELSE '' END);
-                END IF;
-                IF v < lo[i] OR v > hi[i] THEN
-                    RETURN format('%s %s is out of range %s-%s', field_names[i], part, lo[i], hi[i]);
-                END IF;
-            END LOOP;
-        END LOOP;
-    END LOOP;
-    RETURN NULL;
+    END;
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._cron_schedule_problem(text) IS
-    'Internal: why a pg_cron schedule is invalid, or null when it is valid.';
+    'Internal: pg_cron''s message when it refuses a schedule, or null when it accepts it (or cannot be asked in this database).';
 
 -- An interval as text in the default style ('30 days'), whatever the
 -- session's IntervalStyle: for hints and for pg_partman's part_config.
@@ -320,16 +262,12 @@ RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    owner name;
 BEGIN
-    SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = tbl;
-    IF NOT pg_has_role(current_user, owner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A retention policy deletes rows of the table on a schedule, as the role that sets it.',
-                  HINT = format('Run it as %I (the owner), a member of that role, or a superuser.', owner);
-    END IF;
+    PERFORM sequin_cdc._require_owner(tbl, false,
+        format('must be owner of table %s', tbl),
+        'A retention policy deletes rows of the table on a schedule, as the role that sets it.',
+        format('Run it as %I (the owner), a member of that role, or a superuser.',
+               (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = tbl)));
     IF NOT has_table_privilege('sequin_cdc.change_tables', 'SELECT')
        OR NOT has_table_privilege('sequin_cdc.retention_policies', policy_privileges) THEN
         RAISE EXCEPTION 'permission denied for the retention configuration of sequin_cdc'
@@ -388,7 +326,7 @@ BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'invalid cron schedule "%"', schedule
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = upper(left(problem, 1)) || substr(problem, 2) || '.',
+                  DETAIL = format('pg_cron says: %s.', problem),
                   HINT = 'A schedule has five fields: minute hour day-of-month month day-of-week, e.g. ''*/10 * * * *'' (every 10 minutes) or ''30 3 * * *'' (03:30 daily).';
     END IF;
 
@@ -437,28 +375,20 @@ BEGIN
         END IF;
     END IF;
 
+    -- (pg_cron has checked the schedule: _cron_schedule_problem above)
     IF schedule IS NOT NULL THEN
-        BEGIN
-            IF prev.jobid IS NOT NULL AND prev.job_owner IS DISTINCT FROM current_user
-               AND EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = prev.jobid) THEN
-                -- a superuser (checked above) changing another role's job:
-                -- keep its id and the role it runs as
-                PERFORM cron.alter_job(prev.jobid, schedule => schedule, command => command);
-                new_jobid := prev.jobid;
-                new_owner := prev.job_owner;
-            ELSE
-                -- same job name, same role: pg_cron updates the job in place
-                new_jobid := cron.schedule(job_name, schedule, command);
-                new_owner := current_user;
-            END IF;
-        EXCEPTION WHEN invalid_parameter_value THEN
-            RAISE EXCEPTION 'invalid cron schedule "%"', schedule
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = format('pg_cron %s says: %s.',
-                                      (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_cron'),
-                                      SQLERRM),
-                      HINT = 'A schedule has five fields: minute hour day-of-month month day-of-week, e.g. ''*/10 * * * *''.';
-        END;
+        IF prev.jobid IS NOT NULL AND prev.job_owner IS DISTINCT FROM current_user
+           AND EXISTS (SELECT 1 FROM cron.job j WHERE j.jobid = prev.jobid) THEN
+            -- a superuser (checked above) changing another role's job:
+            -- keep its id and the role it runs as
+            PERFORM cron.alter_job(prev.jobid, schedule => schedule, command => command);
+            new_jobid := prev.jobid;
+            new_owner := prev.job_owner;
+        ELSE
+            -- same job name, same role: pg_cron updates the job in place
+            new_jobid := cron.schedule(job_name, schedule, command);
+            new_owner := current_user;
+        END IF;
     END IF;
     IF prev.jobid IS NOT NULL AND prev.jobid IS DISTINCT FROM new_jobid
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN

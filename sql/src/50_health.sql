@@ -1,8 +1,46 @@
 ------------------------------------------------------------------------------
--- health()
+-- health(): one function a check, health() their rows in a fixed order
+--
+-- Every _health_* function returns rows (check_name, status, detail): status
+-- is ok, warning or error, and detail says what to fix. They run with the
+-- caller's rights, as health() does.
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION sequin_cdc.health()
+-- Logical decoding needs wal_level = logical.
+CREATE FUNCTION sequin_cdc._health_wal_level()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'wal_level',
+           CASE WHEN w = 'logical' THEN 'ok' ELSE 'error' END,
+           CASE WHEN w = 'logical' THEN 'wal_level = logical'
+                ELSE format('wal_level = %s; set wal_level = logical in postgresql.conf and restart', w) END
+      FROM current_setting('wal_level') w
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_wal_level() IS
+    'Internal: the wal_level row of health().';
+
+-- The server must let sequin_cdc be an output plugin (output_plugin_libraries).
+CREATE FUNCTION sequin_cdc._health_output_plugin()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'output_plugin_libraries',
+           CASE WHEN allowed THEN 'ok' ELSE 'error' END,
+           CASE WHEN allowed THEN coalesce('output_plugin_libraries = ' || libs,
+                                           'this server does not restrict output plugins')
+                ELSE format('output_plugin_libraries = ''%s'' does not list sequin_cdc; set output_plugin_libraries = ''%s, sequin_cdc'' in postgresql.conf and reload',
+                            libs, libs) END
+      FROM sequin_cdc._plugin_allowed() allowed, sequin_cdc._output_plugin_libraries() libs
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_output_plugin() IS
+    'Internal: the output_plugin_libraries row of health().';
+
+-- Each slot: present and not invalidated, its capture worker running, its lag
+-- under sequin_cdc.max_lag, its publication present.
+CREATE FUNCTION sequin_cdc._health_slots()
 RETURNS TABLE (check_name text, status text, detail text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -11,27 +49,6 @@ DECLARE
     r record;
     max_lag bigint := pg_size_bytes(current_setting('sequin_cdc.max_lag'));
 BEGIN
-    check_name := 'wal_level';
-    IF current_setting('wal_level') = 'logical' THEN
-        status := 'ok'; detail := 'wal_level = logical';
-    ELSE
-        status := 'error';
-        detail := format('wal_level = %s; set wal_level = logical in postgresql.conf and restart', current_setting('wal_level'));
-    END IF;
-    RETURN NEXT;
-
-    check_name := 'output_plugin_libraries';
-    IF sequin_cdc._plugin_allowed() THEN
-        status := 'ok';
-        detail := coalesce('output_plugin_libraries = ' || sequin_cdc._output_plugin_libraries(),
-                           'this server does not restrict output plugins');
-    ELSE
-        status := 'error';
-        detail := format('output_plugin_libraries = ''%s'' does not list sequin_cdc; set output_plugin_libraries = ''%s, sequin_cdc'' in postgresql.conf and reload',
-                         sequin_cdc._output_plugin_libraries(), sequin_cdc._output_plugin_libraries());
-    END IF;
-    RETURN NEXT;
-
     IF NOT EXISTS (SELECT 1 FROM sequin_cdc.slots) THEN
         check_name := 'slots'; status := 'warning';
         detail := 'no slot yet: create one with sequin_cdc.create_publication() and sequin_cdc.create_slot()';
@@ -91,7 +108,21 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_slots() IS
+    'Internal: the rows of health() about each slot: slot, worker, lag, publication.';
 
+-- Each retention rule: its table is in the slot's publication and, with its
+-- partitions, REPLICA IDENTITY FULL.
+CREATE FUNCTION sequin_cdc._health_retention_rules()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN
         SELECT cr.id, cr.source_table, cr.change_table, s.publication,
                sequin_cdc._publication_covers(s.publication, cr.source_table) AS covered,
@@ -123,8 +154,20 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_retention_rules() IS
+    'Internal: the rows of health() about each retention rule: publication coverage and replica identity.';
 
-    -- retention jobs and sinks (their views are defined further down)
+-- Each retention policy: its pg_cron job is present, active and not failing.
+CREATE FUNCTION sequin_cdc._health_retention_policies()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
         check_name := format('retention %s', r.change_table);
         IF r.job_state = 'missing' THEN
@@ -146,7 +189,20 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_retention_policies() IS
+    'Internal: the rows of health() about each retention policy''s pg_cron job.';
 
+-- Each sink: paused, or its delivery worker running and not failing.
+CREATE FUNCTION sequin_cdc._health_sinks()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    r record;
+BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_sinks ORDER BY name LOOP
         check_name := format('sink %s', r.name);
         IF r.state = 'paused' THEN
@@ -165,6 +221,23 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._health_sinks() IS
+    'Internal: the rows of health() about each sink.';
+
+CREATE FUNCTION sequin_cdc.health()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN QUERY SELECT * FROM sequin_cdc._health_wal_level();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_output_plugin();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_slots();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_retention_rules();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_retention_policies();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_sinks();
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.health() IS

@@ -44,20 +44,18 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'must be owner of change table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the owner of the change table (or a member of its role) may change or remove its registration.';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('must be owner of change table %s', OLD.change_table), NULL,
+            'Only the owner of the change table (or a member of its role) may change or remove its registration.');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Capture writes into a change table as its owner; only the owner may register it.',
-                  HINT = 'Create change tables with sequin_cdc.create_change_table().';
-    END IF;
+    PERFORM sequin_cdc._require_owner(NEW.change_table, false,
+        format('must be owner of table %s', NEW.change_table),
+        'Capture writes into a change table as its owner; only the owner may register it.',
+        'Create change tables with sequin_cdc.create_change_table().');
     RETURN NEW;
 END
 $fn$;
@@ -70,10 +68,10 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'retention rule % writes into %, which the role does not own', OLD.id, OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Run it as the owner of the change table.';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('retention rule %s writes into %s, which the role does not own', OLD.id, OLD.change_table), NULL,
+            'Run it as the owner of the change table.');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
@@ -84,13 +82,12 @@ BEGIN
                   DETAIL = 'A retention rule copies every change of the table; it needs the right to read the table.',
                   HINT = 'Use sequin_cdc.add_change_retention() for a table the role may read.';
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE
-       OR NOT EXISTS (SELECT 1 FROM sequin_cdc.change_tables ct WHERE ct.change_table = NEW.change_table) THEN
-        RAISE EXCEPTION 'must be owner of change table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'Changes are written into the change table as its owner.',
-                  HINT = 'Use a change table of your own, made by sequin_cdc.create_change_table().';
-    END IF;
+    -- (not a change table: refused like one of another role)
+    PERFORM sequin_cdc._require_owner(
+        (SELECT ct.change_table FROM sequin_cdc.change_tables ct WHERE ct.change_table = NEW.change_table), false,
+        format('must be owner of change table %s', NEW.change_table),
+        'Changes are written into the change table as its owner.',
+        'Use a change table of your own, made by sequin_cdc.create_change_table().');
     IF NEW.filter IS NOT NULL THEN
         PERFORM sequin_cdc._validate_filter(NEW.source_table, NEW.filter);
     END IF;
@@ -145,19 +142,17 @@ BEGIN
     IF sequin_cdc._is_superuser() THEN
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') AND sequin_cdc._owns(OLD.change_table) IS FALSE THEN
-        RAISE EXCEPTION 'must be owner of table %', OLD.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Only the owner of the change table may change or drop its retention policy, with sequin_cdc.drop_retention_policy().';
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM sequin_cdc._require_owner(OLD.change_table, true,
+            format('must be owner of table %s', OLD.change_table), NULL,
+            'Only the owner of the change table may change or drop its retention policy, with sequin_cdc.drop_retention_policy().');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;
-    IF sequin_cdc._owns(NEW.change_table) IS NOT TRUE THEN
-        RAISE EXCEPTION 'must be owner of table %', NEW.change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Use sequin_cdc.set_retention_policy() as the owner of the change table.';
-    END IF;
+    PERFORM sequin_cdc._require_owner(NEW.change_table, false,
+        format('must be owner of table %s', NEW.change_table), NULL,
+        'Use sequin_cdc.set_retention_policy() as the owner of the change table.');
     IF NEW.jobid IS NOT NULL THEN
         -- a job of the current role (pg_cron shows each role only its own)
         NEW.job_owner := current_user;

@@ -1,12 +1,15 @@
 
 # Copyright: sequin_cdc contributors
 #
-# ALTER EXTENSION sequin_cdc UPDATE from 0.1.0 to 0.2.0: a database with a
-# slot, a rule and captured changes keeps capturing across the update, and
-# its sequin_cdc schema is then the one a fresh 0.2.0 install makes
-# (functions with their definitions, SECURITY DEFINER, settings and ACLs;
-# tables, views and sequences with their ACLs and row security; columns;
-# triggers; view definitions).
+# ALTER EXTENSION sequin_cdc UPDATE, 0.1.0 -> 0.2.0 -> 0.3.0: a database
+# with a slot, a rule and captured changes keeps capturing across each
+# update, nothing lost or duplicated, and its sequin_cdc schema is then the
+# one a fresh 0.3.0 install makes (functions with their definitions,
+# volatility, SECURITY DEFINER, settings and ACLs; tables, views and
+# sequences with their ACLs and row security; columns; triggers; view
+# definitions; policies; what pg_dump keeps), as are those of 0.1.0 updated
+# in one step and of 0.2.0 updated. The committed 0.3.0 install script is
+# the one its pieces (sql/src) join to.
 
 use strict;
 use warnings;
@@ -24,6 +27,8 @@ $node->start;
 
 $node->safe_psql('postgres', q{
 	CREATE DATABASE fresh;
+	CREATE DATABASE from_010;
+	CREATE DATABASE from_020;
 	CREATE EXTENSION sequin_cdc VERSION '0.1.0';
 	CREATE TABLE src (id bigint PRIMARY KEY, t text);
 	ALTER TABLE src REPLICA IDENTITY FULL;
@@ -51,13 +56,35 @@ is($node->safe_psql('postgres', q{SELECT string_agg(action || record_pk, ',' ORD
 	'update1,update2,update3,delete10,insert11', 'capture goes on across the update, exactly once');
 is($node->safe_psql('postgres', 'SELECT count(DISTINCT seq) = count(*) FROM sequin_cdc.changes'), 't',
 	'no duplicate seq');
-my $health = $node->safe_psql('postgres',
-	q{SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM sequin_cdc.health()});
+my $health_query =
+  q{SELECT string_agg(check_name || '=' || status, ',' ORDER BY check_name) FROM sequin_cdc.health()};
+my $health = $node->safe_psql('postgres', $health_query);
 unlike($health, qr/=error/, 'health() after the update: no error');
+
+# 0.2.0 -> 0.3.0 with the worker running
+$node->safe_psql('postgres', 'ALTER EXTENSION sequin_cdc UPDATE');
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
+	'0.3.0', 'updated to 0.3.0');
+$node->safe_psql('postgres', q{
+	UPDATE src SET t = 'later' WHERE id = 4;
+	UPDATE src SET t = 'later' WHERE id = 11;
+	DELETE FROM src WHERE id = 1;
+	INSERT INTO src VALUES (12, 'later');
+});
+ok(SequinNode::wait_for_capture($node), 'captured after the update to 0.3.0');
+is($node->safe_psql('postgres', q{SELECT string_agg(action || record_pk, ',' ORDER BY seq)
+                                    FROM sequin_cdc.changes WHERE seq > 15}),
+	'update4,update11,delete1,insert12', 'capture goes on across the second update, exactly once');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT seq) || ' ' || count(DISTINCT (action, record_pk, record))
+                                    FROM sequin_cdc.changes}),
+	'19 19 19', 'nothing lost or duplicated across both updates');
+is($node->safe_psql('postgres', $health_query), $health, 'health() gives the same checks after the update to 0.3.0');
 
 $node->safe_psql('fresh', 'CREATE EXTENSION sequin_cdc');
 is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
-	'0.2.0', 'a fresh install is 0.2.0');
+	'0.3.0', 'a fresh install is 0.3.0');
+$node->safe_psql('from_010', "CREATE EXTENSION sequin_cdc VERSION '0.1.0'; ALTER EXTENSION sequin_cdc UPDATE");
+$node->safe_psql('from_020', "CREATE EXTENSION sequin_cdc VERSION '0.2.0'; ALTER EXTENSION sequin_cdc UPDATE");
 
 my %catalog = (
 	functions => q{
@@ -85,18 +112,36 @@ my %catalog = (
 	policies => q{
 		SELECT tablename, policyname, roles::text, qual, with_check
 		  FROM pg_policies WHERE schemaname = 'sequin_cdc' ORDER BY 1, 2},
+	comments => q{
+		SELECT p.oid::regprocedure::text, coalesce(obj_description(p.oid, 'pg_proc'), '')
+		  FROM pg_proc p WHERE p.pronamespace = 'sequin_cdc'::regnamespace
+		UNION ALL
+		SELECT c.relname, coalesce(obj_description(c.oid, 'pg_class'), '')
+		  FROM pg_class c WHERE c.relnamespace = 'sequin_cdc'::regnamespace ORDER BY 1},
 	schema_acl => q{SELECT coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'sequin_cdc'},
 	config_dump => q{
 		SELECT string_agg(c::regclass::text, ',' ORDER BY c::regclass::text)
 		  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'sequin_cdc'},
 );
+my %updated = (
+	postgres => '0.1.0 -> 0.2.0 -> 0.3.0, capturing',
+	from_010 => '0.1.0 -> 0.3.0',
+	from_020 => '0.2.0 -> 0.3.0');
 for my $what (sort keys %catalog)
 {
-	my $updated = $node->safe_psql('postgres', $catalog{$what});
 	my $fresh = $node->safe_psql('fresh', $catalog{$what});
 	isnt($fresh, '', "$what: listed") unless $what eq 'policies' || $what eq 'schema_acl';
-	is($updated, $fresh, "$what: updated 0.1.0 equals fresh 0.2.0");
+	for my $db (sort keys %updated)
+	{
+		is($node->safe_psql($db, $catalog{$what}), $fresh, "$what: $updated{$db} equals fresh 0.3.0");
+	}
 }
+
+# the committed install script is what make joins from the pieces
+my $top = "$FindBin::RealBin/../..";
+my $joined = join('', map { slurp_file($_) } sort glob("$top/sql/src/*.sql"));
+ok($joined eq slurp_file("$top/sql/sequin_cdc--0.3.0.sql"),
+	'sql/sequin_cdc--0.3.0.sql is sql/src/*.sql joined (run make and commit it)');
 
 $node->stop;
 done_testing();
