@@ -2,13 +2,13 @@
  *
  * health() is the union of one function a check; the schedule of a retention
  * policy is checked by pg_cron's own parser; the guard triggers and the API
- * share one owner check; grant_usage and revoke_usage share one list of
+ * share one owner check and one read check; grant_usage and revoke_usage share one list of
  * rights. */
 
 \echo Use "ALTER EXTENSION sequin_cdc UPDATE TO '0.3.0'" to load this file. \quit
 
 ------------------------------------------------------------------------------
--- One owner check for the guards and the API
+-- One owner check and one read check for the guards and the API
 ------------------------------------------------------------------------------
 
 -- The one owner check: raises insufficient_privilege with the caller's
@@ -36,6 +36,26 @@ END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._require_owner(regclass, bool, text, text, text) IS
     'Internal: raises the given insufficient_privilege error unless the current role has the privileges of the relation''s owner (a relation that is gone passes when gone_ok).';
+
+-- The one read check of the API: raises insufficient_privilege with the
+-- caller's message and detail, and a hint with the GRANT the table's owner
+-- can run, unless the current role may SELECT from the table.
+CREATE FUNCTION sequin_cdc._require_select(rel regclass, message text, detail text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT has_table_privilege(rel, 'SELECT') THEN
+        RAISE EXCEPTION '%', message
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = detail,
+                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', rel, current_user);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._require_select(regclass, text, text) IS
+    'Internal: raises the given insufficient_privilege error, with the GRANT that would allow it, unless the current role may read the table.';
 
 CREATE OR REPLACE FUNCTION sequin_cdc._guard_change_tables() RETURNS trigger
 LANGUAGE plpgsql
@@ -192,12 +212,8 @@ BEGIN
     END IF;
     -- rights before anything else: rows of a table the role cannot read,
     -- written into a table it does not own, would leak or be forged
-    IF NOT has_table_privilege(source, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', source
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A retention rule copies every change of the table into a change table; it needs the right to read the table.',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A retention rule copies every change of the table into a change table; it needs the right to read the table.');
     PERFORM sequin_cdc._require_owner(change_table, false,
         format('must be owner of change table %s', change_table),
         'Changes are written into the change table as its owner.',
@@ -312,6 +328,194 @@ END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._check_retention_privileges(regclass, text) IS
     'Internal: errors unless the current role has the privileges of the change table''s owner and the given rights on sequin_cdc.retention_policies.';
+
+CREATE OR REPLACE FUNCTION sequin_cdc.backfill(
+    source regclass,
+    change_table regclass DEFAULT NULL,
+    "where" text DEFAULT NULL,
+    chunk_size int DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_slot name;
+    n int;
+    bf_id bigint;
+    est bigint;
+BEGIN
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'source must not be null'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the table to backfill, e.g. sequin_cdc.backfill(''public.orders'').';
+    END IF;
+    IF chunk_size IS NULL OR chunk_size < 1 OR chunk_size > 1000000 THEN
+        RAISE EXCEPTION 'chunk_size must be between 1 and 1000000, not %', coalesce(chunk_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The default of 10000 rows suits most tables.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = source AND i.indisprimary) THEN
+        RAISE EXCEPTION 'table "%" has no primary key', source
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A backfill reads the table in primary key order.',
+                  HINT = format('Add one with ALTER TABLE %s ADD PRIMARY KEY (...).', source);
+    END IF;
+    SELECT count(DISTINCT r.slot_name), min(r.slot_name) INTO n, v_slot
+      FROM sequin_cdc.change_retention r
+     WHERE r.source_table = source
+       AND (backfill.change_table IS NULL OR r.change_table = backfill.change_table);
+    IF n = 0 THEN
+        RAISE EXCEPTION 'no retention rule keeps the changes of "%"%', source,
+                        CASE WHEN change_table IS NOT NULL THEN format(' in "%s"', change_table) ELSE '' END
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A backfill writes read rows into the change tables of the table''s retention rules.',
+                  HINT = format('Add one first with sequin_cdc.add_change_retention(%L).', source::text);
+    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A backfill reads the table as the role that calls backfill().');
+    IF NOT has_table_privilege('sequin_cdc.backfills', 'SELECT, INSERT') THEN
+        RAISE EXCEPTION 'permission denied for the backfills of sequin_cdc'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('A superuser can allow it: SELECT sequin_cdc.grant_usage(%L);', current_user);
+    END IF;
+    -- parsed as one boolean expression, never pasted into SQL text
+    IF "where" IS NOT NULL THEN
+        BEGIN
+            PERFORM sequin_cdc._validate_backfill_where(source, "where");
+        EXCEPTION
+            WHEN invalid_parameter_value THEN
+                RAISE;
+            WHEN syntax_error OR undefined_column OR undefined_function OR datatype_mismatch
+                 OR ambiguous_column OR indeterminate_datatype OR invalid_text_representation
+                 OR feature_not_supported THEN
+                RAISE EXCEPTION 'invalid backfill condition "%": %', "where", SQLERRM
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Give a boolean SQL condition over the table''s columns, such as updated_at > now() - interval ''3 days''.';
+        END;
+    END IF;
+    -- the planner's estimate; with a condition there is none worth giving
+    -- (counting would run the condition in a query of our own)
+    IF "where" IS NULL THEN
+        SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO est
+          FROM pg_class c WHERE c.oid = source;
+        IF est IS NULL THEN
+            EXECUTE format('SELECT count(*) FROM %s', source) INTO est;
+        END IF;
+    END IF;
+
+    INSERT INTO sequin_cdc.backfills (source_table, change_table, slot_name, where_clause,
+                                      chunk_size, run_as, estimated_total)
+        VALUES (source, change_table, v_slot, "where", chunk_size, current_user::regrole, est)
+        RETURNING id INTO bf_id;
+    PERFORM sequin_cdc._start_backfill(bf_id);
+    RETURN bf_id;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc.backfill(regclass, regclass, text, int) IS
+    'Writes the existing rows of a table (those matching "where", if given) into its change tables as read rows, consistently ordered with live changes; runs in the background and returns the backfill id.';
+
+CREATE OR REPLACE FUNCTION sequin_cdc.create_webhook_sink(
+    name text,
+    url text,
+    change_table regclass DEFAULT 'sequin_cdc.changes',
+    headers jsonb DEFAULT '{}',
+    batch_size int DEFAULT 100,
+    timeout_ms int DEFAULT 5000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_headers jsonb := coalesce(headers, '{}');
+    h record;
+    start_seq bigint;
+    sink_id bigint;
+BEGIN
+    PERFORM sequin_cdc._check_sink_privileges('SELECT, INSERT');
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'sink name must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name the sink, e.g. sequin_cdc.create_webhook_sink(''orders_hook'', ''https://example.com/hook'').';
+    END IF;
+    IF url IS NULL THEN
+        RAISE EXCEPTION 'webhook URL must not be null'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give an absolute http:// or https:// URL, such as https://example.com/webhooks/orders.';
+    END IF;
+    PERFORM sequin_cdc._sink_check_url(url);
+    IF change_table IS NULL
+       OR NOT EXISTS (SELECT 1 FROM sequin_cdc.change_tables ct
+                       WHERE ct.change_table = create_webhook_sink.change_table) THEN
+        RAISE EXCEPTION '"%" is not a change table', coalesce(change_table::text, 'NULL')
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Use sequin_cdc.changes (the default) or a table made by sequin_cdc.create_change_table().';
+    END IF;
+    PERFORM sequin_cdc._require_select(change_table, format('permission denied for change table %s', change_table),
+        'A sink sends what its owner may read, and reads it as its owner.');
+    IF jsonb_typeof(v_headers) <> 'object' THEN
+        RAISE EXCEPTION 'headers must be a JSON object, not %', jsonb_typeof(v_headers)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass header names and values as an object, e.g. ''{"Authorization": "Bearer s3cr3t"}''.';
+    END IF;
+    FOR h IN SELECT e.key, e.value FROM jsonb_each(v_headers) e ORDER BY e.key LOOP
+        IF jsonb_typeof(h.value) <> 'string' THEN
+            RAISE EXCEPTION 'value of header "%" must be a string, not %', h.key, jsonb_typeof(h.value)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Quote every header value, e.g. ''{"X-Retries": "3"}''.';
+        END IF;
+        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            RAISE EXCEPTION 'invalid header name "%"', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Header names are letters, digits and !#$%&''*+-.^_`|~, without spaces or colons.';
+        END IF;
+        IF lower(h.key) IN ('content-length', 'transfer-encoding', 'host', 'connection',
+                            'expect', 'idempotency-key') THEN
+            RAISE EXCEPTION 'header "%" is set by sequin_cdc', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Leave Content-Length, Transfer-Encoding, Host, Connection, Expect and Idempotency-Key out of headers.';
+        END IF;
+        IF (h.value #>> '{}') ~ '[\r\n]' THEN
+            RAISE EXCEPTION 'value of header "%" contains a line break', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Header values are a single line.';
+        END IF;
+    END LOOP;
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 10000, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the most changes sent in one request; the default is 100.';
+    END IF;
+    IF timeout_ms IS NULL OR timeout_ms < 10 OR timeout_ms > 3600000 THEN
+        RAISE EXCEPTION 'timeout_ms must be between 10 and 3600000, not %', coalesce(timeout_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the longest one request may take, in milliseconds; the default is 5000.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM sequin_cdc.sinks k WHERE k.name = create_webhook_sink.name) THEN
+        RAISE EXCEPTION 'sink "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Choose another name, or drop the sink first with sequin_cdc.drop_sink().';
+    END IF;
+
+    -- New sinks send what is committed from now on; replay_sink() sends
+    -- what the change table already holds.
+    EXECUTE format('SELECT coalesce(max(seq), 0) FROM %s', change_table) INTO start_seq;
+    BEGIN
+        INSERT INTO sequin_cdc.sinks AS k (name, url, change_table, headers, batch_size, timeout_ms, cursor_seq)
+        VALUES (create_webhook_sink.name, create_webhook_sink.url, create_webhook_sink.change_table,
+                v_headers, create_webhook_sink.batch_size, create_webhook_sink.timeout_ms, start_seq)
+        RETURNING k.id INTO sink_id;
+    EXCEPTION WHEN unique_violation THEN
+        -- a sink of another role, which row level security hides
+        RAISE EXCEPTION 'sink "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Choose another name; sink names are unique in the database.';
+    END;
+    PERFORM sequin_cdc._start_sink(sink_id);
+    RETURN sink_id;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, int, int) IS
+    'Creates a webhook sink: a background worker POSTs the changes committed to change_table from now on, in seq order, up to batch_size per request, as {"data": [...]} with the given headers; each request may take timeout_ms. Returns the sink id.';
 
 ------------------------------------------------------------------------------
 -- Schedules: pg_cron's parser is the authority

@@ -40,7 +40,8 @@ COMMENT ON TABLE sequin_cdc.change_tables IS
     'Tables created by sequin_cdc.create_change_table.';
 
 -- Read by the capture workers with the historic snapshot of each change:
--- a user catalog table, and its column order is known to decode.c.
+-- a user catalog table, and its column order is known to the C code that
+-- loads the rules.
 CREATE TABLE sequin_cdc.change_retention (
     id bigserial PRIMARY KEY,
     source_table regclass NOT NULL,
@@ -146,6 +147,26 @@ END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._require_owner(regclass, bool, text, text, text) IS
     'Internal: raises the given insufficient_privilege error unless the current role has the privileges of the relation''s owner (a relation that is gone passes when gone_ok).';
+
+-- The one read check of the API: raises insufficient_privilege with the
+-- caller's message and detail, and a hint with the GRANT the table's owner
+-- can run, unless the current role may SELECT from the table.
+CREATE FUNCTION sequin_cdc._require_select(rel regclass, message text, detail text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT has_table_privilege(rel, 'SELECT') THEN
+        RAISE EXCEPTION '%', message
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = detail,
+                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', rel, current_user);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._require_select(regclass, text, text) IS
+    'Internal: raises the given insufficient_privilege error, with the GRANT that would allow it, unless the current role may read the table.';
 
 -- Does the publication publish the table, one of its partitions or one of
 -- the tables it is a partition of?  By OID, never by name: a table dropped
@@ -397,12 +418,8 @@ BEGIN
     END IF;
     -- rights before anything else: rows of a table the role cannot read,
     -- written into a table it does not own, would leak or be forged
-    IF NOT has_table_privilege(source, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', source
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A retention rule copies every change of the table into a change table; it needs the right to read the table.',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A retention rule copies every change of the table into a change table; it needs the right to read the table.');
     PERFORM sequin_cdc._require_owner(change_table, false,
         format('must be owner of change table %s', change_table),
         'Changes are written into the change table as its owner.',
@@ -645,12 +662,8 @@ BEGIN
                   DETAIL = 'A backfill writes read rows into the change tables of the table''s retention rules.',
                   HINT = format('Add one first with sequin_cdc.add_change_retention(%L).', source::text);
     END IF;
-    IF NOT has_table_privilege(source, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', source
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A backfill reads the table as the role that calls backfill().',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A backfill reads the table as the role that calls backfill().');
     IF NOT has_table_privilege('sequin_cdc.backfills', 'SELECT, INSERT') THEN
         RAISE EXCEPTION 'permission denied for the backfills of sequin_cdc'
             USING ERRCODE = 'insufficient_privilege',
@@ -1341,7 +1354,7 @@ COMMENT ON VIEW sequin_cdc.pg_stat_retention IS
     'One row per retention policy: window, schedule, pg_cron job and its state (scheduled, inactive, missing, none), and the job''s last run from cron.job_run_details.';
 
 ------------------------------------------------------------------------------
--- Webhook sinks (src/sink_webhook.c)
+-- Webhook sinks (delivered by the sink workers, src/sink_*.c)
 ------------------------------------------------------------------------------
 
 -- One row per sink: its configuration, its cursor (the last seq a 2xx
@@ -1489,12 +1502,8 @@ BEGIN
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Use sequin_cdc.changes (the default) or a table made by sequin_cdc.create_change_table().';
     END IF;
-    IF NOT has_table_privilege(change_table, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for change table %', change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A sink sends what its owner may read, and reads it as its owner.',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', change_table, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(change_table, format('permission denied for change table %s', change_table),
+        'A sink sends what its owner may read, and reads it as its owner.');
     IF jsonb_typeof(v_headers) <> 'object' THEN
         RAISE EXCEPTION 'headers must be a JSON object, not %', jsonb_typeof(v_headers)
             USING ERRCODE = 'invalid_parameter_value',

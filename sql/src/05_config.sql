@@ -28,7 +28,8 @@ COMMENT ON TABLE sequin_cdc.change_tables IS
     'Tables created by sequin_cdc.create_change_table.';
 
 -- Read by the capture workers with the historic snapshot of each change:
--- a user catalog table, and its column order is known to decode.c.
+-- a user catalog table, and its column order is known to the C code that
+-- loads the rules.
 CREATE TABLE sequin_cdc.change_retention (
     id bigserial PRIMARY KEY,
     source_table regclass NOT NULL,

@@ -82,6 +82,26 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc._require_owner(regclass, bool, text, text, text) IS
     'Internal: raises the given insufficient_privilege error unless the current role has the privileges of the relation''s owner (a relation that is gone passes when gone_ok).';
 
+-- The one read check of the API: raises insufficient_privilege with the
+-- caller's message and detail, and a hint with the GRANT the table's owner
+-- can run, unless the current role may SELECT from the table.
+CREATE FUNCTION sequin_cdc._require_select(rel regclass, message text, detail text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF NOT has_table_privilege(rel, 'SELECT') THEN
+        RAISE EXCEPTION '%', message
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = detail,
+                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', rel, current_user);
+    END IF;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._require_select(regclass, text, text) IS
+    'Internal: raises the given insufficient_privilege error, with the GRANT that would allow it, unless the current role may read the table.';
+
 -- Does the publication publish the table, one of its partitions or one of
 -- the tables it is a partition of?  By OID, never by name: a table dropped
 -- or renamed meanwhile by another session cannot make it fail, and no

@@ -57,12 +57,8 @@ BEGIN
     END IF;
     -- rights before anything else: rows of a table the role cannot read,
     -- written into a table it does not own, would leak or be forged
-    IF NOT has_table_privilege(source, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', source
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A retention rule copies every change of the table into a change table; it needs the right to read the table.',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A retention rule copies every change of the table into a change table; it needs the right to read the table.');
     PERFORM sequin_cdc._require_owner(change_table, false,
         format('must be owner of change table %s', change_table),
         'Changes are written into the change table as its owner.',

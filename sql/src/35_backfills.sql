@@ -71,12 +71,8 @@ BEGIN
                   DETAIL = 'A backfill writes read rows into the change tables of the table''s retention rules.',
                   HINT = format('Add one first with sequin_cdc.add_change_retention(%L).', source::text);
     END IF;
-    IF NOT has_table_privilege(source, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for table %', source
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A backfill reads the table as the role that calls backfill().',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', source, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
+        'A backfill reads the table as the role that calls backfill().');
     IF NOT has_table_privilege('sequin_cdc.backfills', 'SELECT, INSERT') THEN
         RAISE EXCEPTION 'permission denied for the backfills of sequin_cdc'
             USING ERRCODE = 'insufficient_privilege',

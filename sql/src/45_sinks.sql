@@ -1,5 +1,5 @@
 ------------------------------------------------------------------------------
--- Webhook sinks (src/sink_webhook.c)
+-- Webhook sinks (delivered by the sink workers, src/sink_*.c)
 ------------------------------------------------------------------------------
 
 -- One row per sink: its configuration, its cursor (the last seq a 2xx
@@ -147,12 +147,8 @@ BEGIN
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Use sequin_cdc.changes (the default) or a table made by sequin_cdc.create_change_table().';
     END IF;
-    IF NOT has_table_privilege(change_table, 'SELECT') THEN
-        RAISE EXCEPTION 'permission denied for change table %', change_table
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'A sink sends what its owner may read, and reads it as its owner.',
-                  HINT = format('The table''s owner can allow it: GRANT SELECT ON %s TO %I;', change_table, current_user);
-    END IF;
+    PERFORM sequin_cdc._require_select(change_table, format('permission denied for change table %s', change_table),
+        'A sink sends what its owner may read, and reads it as its owner.');
     IF jsonb_typeof(v_headers) <> 'object' THEN
         RAISE EXCEPTION 'headers must be a JSON object, not %', jsonb_typeof(v_headers)
             USING ERRCODE = 'invalid_parameter_value',
