@@ -12,13 +12,15 @@
  * A filter is kept as text and parsed against the relation as it is when
  * it is needed (at add time, for validation, and in the decoder against the
  * historic catalog), so column renames and drops that happen later are
- * seen the way the data is.  The decoder holds no lock on the relation
- * (it must not wait for user locks, and the historic relcache entry
- * cannot change under it), so there the column references are resolved
- * against the relation's tuple descriptor by a parser hook, with no range
- * table entry: adding one asserts a lock (addRangeTableEntryForRelation).  Only immutable expressions are accepted: the
+ * seen the way the data is.  Only immutable expressions are accepted: the
  * decoder evaluates them long after the fact, so now() or a table lookup
  * would give answers unrelated to the change.
+ *
+ * The decoder holds no lock on the relation (it must not wait for user
+ * locks, and its historic relcache entry cannot change under it), so
+ * there the column references are resolved against the relation's tuple
+ * descriptor by a parser hook, without a range table entry: adding one
+ * asserts that the caller holds a lock (addRangeTableEntryForRelation).
  *
  * A backfill condition is evaluated when the chunk is read, so stable
  * functions such as now() are fine there; volatile ones are not (a chunk
@@ -94,17 +96,18 @@ user_function(Oid funcid, void *context)
 	return false;
 }
 
+/* What find_user_code found: the detail message to give */
+typedef struct UserCodeContext
+{
+	char	   *detail;
+} UserCodeContext;
+
 /*
  * Find user-defined code an expression would run: a function or operator
  * (incl. casts and I/O coercions), a domain's CHECK constraints, or a
  * comparison function of GREATEST/LEAST.  Returns true, with the detail
  * message to give in cxt, if there is some.
  */
-typedef struct UserCodeContext
-{
-	char	   *detail;
-} UserCodeContext;
-
 static bool
 find_user_code(Node *node, UserCodeContext *cxt)
 {
@@ -158,9 +161,10 @@ filter_error_callback(void *arg)
  * p_pre_columnref_hook of a condition parsed without a range table entry
  * (see the header comment): a column of rel, written bare or qualified by
  * the table's name ([[database.]schema.]table.column), becomes a Var of
- * varno 1, as the range table entry would make it; the table's name alone
- * or table.* is the whole row.  Anything else is left to the parser, which
- * reports it missing.
+ * varno 1, as the range table entry would make it.  Anything else is left
+ * to the parser, which reports it missing: whole-row references and system
+ * columns (the parser would look for their range table entry), and any
+ * name inside a subquery (refused anyway).
  */
 static Node *
 filter_column_ref(ParseState *pstate, ColumnRef *cref)
@@ -169,9 +173,9 @@ filter_column_ref(ParseState *pstate, ColumnRef *cref)
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			nfields = list_length(cref->fields);
 	Node	   *last = llast(cref->fields);
-	Var		   *var;
+	const char *colname;
 
-	if (nfields > 4)
+	if (pstate->parentParseState != NULL || nfields > 4 || !IsA(last, String))
 		return NULL;
 	/* the qualifiers, from the nearest out: table, schema, database */
 	for (int i = nfields - 2, level = 0; i >= 0; i--, level++)
@@ -189,32 +193,21 @@ filter_column_ref(ParseState *pstate, ColumnRef *cref)
 			return NULL;
 	}
 
-	if (IsA(last, String))
+	colname = strVal(last);
+	for (int i = 0; i < desc->natts; i++)
 	{
-		const char *colname = strVal(last);
+		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		for (int i = 0; i < desc->natts; i++)
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
 		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
+			Var		   *var = makeVar(1, att->attnum, att->atttypid,
+									  att->atttypmod, att->attcollation, 0);
 
-			if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
-			{
-				var = makeVar(1, att->attnum, att->atttypid, att->atttypmod,
-							  att->attcollation, 0);
-				var->location = cref->location;
-				return (Node *) var;
-			}
+			var->location = cref->location;
+			return (Node *) var;
 		}
-		if (nfields != 1 || strcmp(colname, RelationGetRelationName(rel)) != 0)
-			return NULL;
 	}
-	else if (nfields == 1)
-		return NULL;			/* a bare *: the parser refuses it */
-
-	/* the whole row */
-	var = makeVar(1, InvalidAttrNumber, rel->rd_rel->reltype, -1, InvalidOid, 0);
-	var->location = cref->location;
-	return (Node *) var;
+	return NULL;
 }
 
 /*

@@ -373,11 +373,13 @@ relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
 
 	/*
 	 * What the WAL holds of old rows depends on the decoded relation's own
-	 * replica identity (for a partition, the partition's).
+	 * replica identity (for a partition, the partition's).  Looked up as
+	 * pgoutput does, without locking the index: RelationGetIndexAttrBitmap
+	 * would lock every index of the table, and wait for user locks.
 	 */
 	e->identity_full = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
 	e->identity = MemoryContextAllocZero(e->cxt, sizeof(bool) * Max(e->report_desc->natts, 1));
-	idattrs = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+	idattrs = RelationGetIdentityKeyBitmap(rel);
 	for (int j = 0; j < e->report_desc->natts; j++)
 	{
 		AttrNumber	src = e->map ? e->map->attnums[j] : j + 1;
