@@ -528,6 +528,10 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	 * backfill window is open); transactions up to the origin's position
 	 * are decoded again but keep no rows (the plugin's skip_upto).  Later
 	 * transactions all end after it, so it is given once, here.
+	 *
+	 * Our writer takes the plugin's records (output_plugin.h).  It has no
+	 * update_progress callback: there is no remote end to keep alive, and
+	 * the loop confirms progress itself after each batch.
 	 */
 	options = list_make2(makeDefElem(SEQUIN_CDC_OPTION_PUBLICATION,
 									 (Node *) makeString(cfg->publication), -1),

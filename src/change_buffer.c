@@ -11,8 +11,8 @@
  * rows in the order they were appended: the file first, then memory.
  *
  * A record is a fixed header followed by its variable parts, each padded to
- * MAXALIGN so that the jsonb values can be used in place after a read into
- * a palloc'd (maxaligned) buffer.
+ * MAXALIGN (watermark.h's packing) so that the jsonb values can be used in
+ * place after a read into a palloc'd (maxaligned) buffer.
  *
  *-------------------------------------------------------------------------
  */
