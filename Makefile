@@ -4,7 +4,9 @@ OBJS = \
 	src/sequin_cdc.o \
 	src/launcher.o \
 	src/capture.o \
-	src/decode.o \
+	src/output_plugin.o \
+	src/plugin_relcache.o \
+	src/backfill_window.o \
 	src/row_json.o \
 	src/change_buffer.o \
 	src/change_writer.o \

@@ -71,8 +71,10 @@
 
 #include "backfill.h"
 #include "filter.h"
+#include "row_json.h"
 #include "run_as.h"
 #include "sequin_cdc.h"
+#include "watermark.h"
 
 PG_FUNCTION_INFO_V1(sequin_cdc_start_backfill);
 
@@ -265,29 +267,17 @@ load_job(BackfillJob *job, MemoryContext cxt)
 	return found;
 }
 
-/* Primary key columns of rel, in key order. */
+/* Primary key columns of rel, in key order; the chunks are read by them. */
 static int
 primary_key(Relation rel, AttrNumber **keys)
 {
-	HeapTuple	itup;
-	Form_pg_index idx;
-	int			n;
+	int			n = sequin_cdc_primary_key(rel, keys);
 
-	(void) RelationGetIndexList(rel);
-	if (!OidIsValid(rel->rd_pkindex))
+	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
 				 errhint("Add a primary key and start the backfill again.")));
-	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(rel->rd_pkindex));
-	if (!HeapTupleIsValid(itup))
-		elog(ERROR, "cache lookup failed for index %u", rel->rd_pkindex);
-	idx = (Form_pg_index) GETSTRUCT(itup);
-	n = idx->indnkeyatts;
-	*keys = palloc(sizeof(AttrNumber) * n);
-	for (int i = 0; i < n; i++)
-		(*keys)[i] = idx->indkey.values[i];
-	ReleaseSysCache(itup);
 	return n;
 }
 
@@ -398,14 +388,6 @@ write_low_watermark(BackfillJob *job)
 	CommitTransactionCommand();
 }
 
-static void
-append_padded(StringInfo s, const void *data, int len)
-{
-	appendBinaryStringInfo(s, data, len);
-	while (s->len % MAXIMUM_ALIGNOF != 0)
-		appendStringInfoCharMacro(s, '\0');
-}
-
 /*
  * Read one chunk and write it as the high watermark, with the cursor, in
  * one transaction.  Returns false when the backfill is over (done, or
@@ -512,12 +494,11 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 	m.relid = job->relid;
 	m.change_table = job->change_table;
 	m.nrows = (int32) n;
-	append_padded(&msg, &m, sizeof(m));
+	sequin_cdc_append_padded(&msg, &m, sizeof(m));
 	for (uint64 r = 0; r < n; r++)
 	{
 		HeapTuple	src = SPI_tuptable->vals[r];
 		HeapTuple	tup;
-		uint32		len;
 
 		for (int i = 0; i < desc->natts; i++)
 		{
@@ -532,9 +513,7 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 		tup = heap_form_tuple(desc, values, nulls);
 		if (HeapTupleHasExternal(tup))
 			tup = toast_flatten_tuple(tup, desc);	/* values, not TOAST pointers */
-		len = tup->t_len;
-		append_padded(&msg, &len, sizeof(len));
-		append_padded(&msg, tup->t_data, len);
+		sequin_cdc_watermark_append_tuple(&msg, tup);
 
 		if (r == n - 1)
 		{

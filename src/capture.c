@@ -4,14 +4,18 @@
  *		The capture worker: consumes one slot in-process and writes its
  *		changes, exactly once and in commit order.
  *
- * The loop has the shape of pg_logical_slot_get_changes_guts: read WAL up
- * to the flush pointer with XLogReadRecord and feed it to
- * LogicalDecodingProcessRecord, with this library as the output plugin
- * (decode.c), which renders the captured rows into a ChangeBuffer.  Then,
- * because the plugin's callbacks cannot write, the worker writes the
- * buffered rows in one transaction of its own, grouping many source
- * transactions, and only after that commit is flushed does it confirm the
- * slot.
+ * The loop reads decode -> write -> confirm -> sleep.  Decoding has the
+ * shape of pg_logical_slot_get_changes_guts: read WAL up to the flush
+ * pointer with XLogReadRecord and feed it to LogicalDecodingProcessRecord,
+ * with this library as the output plugin (output_plugin.c).  As in
+ * logicalfuncs.c, the worker passes its own writer callbacks to
+ * CreateDecodingContext and its state as output_writer_private; the plugin
+ * hands it typed records (output_plugin.h): rows, which go into a
+ * ChangeBuffer, the end of each transaction, and where backfill windows
+ * hold the slot.  Then, because the plugin's callbacks cannot write, the
+ * worker writes the buffered rows in one transaction of its own, grouping
+ * many source transactions (batch_due is the one batching policy), and
+ * only after that commit is flushed does it confirm the slot.
  *
  * Exactly once: the write transaction also advances a replication origin
  * (replorigin_session_origin_lsn = end of the last source commit written),
@@ -63,7 +67,7 @@
 #include "change_buffer.h"
 #include "change_writer.h"
 #include "compat.h"
-#include "decode.h"
+#include "output_plugin.h"
 #include "sink_webhook.h"
 #include "sequin_cdc.h"
 
@@ -74,12 +78,31 @@ typedef struct CaptureConfig
 	pg_uuid_t	database_id;
 } CaptureConfig;
 
+/*
+ * The batch being decoded and its bookkeeping: the writer's state, which
+ * the decoding context carries as output_writer_private and the plugin's
+ * records update (capture_write).
+ */
+typedef struct CaptureBatch
+{
+	ChangeBuffer *buffer;		/* the rows */
+	uint64		ntxns;			/* source transactions with rows */
+	XLogRecPtr	last_commit_end;	/* end of the last transaction decoded */
+	TimestampTz last_commit_time;
+	XLogRecPtr	hold_lsn;		/* an open backfill window started here: do
+								 * not confirm the slot past it */
+	bool		backfill_seen;	/* a backfill watermark was decoded */
+	TimestampTz first_row_time; /* when the batch's first row came */
+	TimestampTz last_write;		/* when the last batch was written */
+} CaptureBatch;
+
 static int	my_index = -1;
 static CaptureSlotShared *my_entry = NULL;
 static LogicalDecodingContext *decoding_ctx = NULL;
 
 /* Backfills of this slot may be running: look after their workers. */
 static bool backfills_active = false;
+static TimestampTz last_backfill_check = 0;
 #define BACKFILL_CHECK_INTERVAL 10000	/* ms */
 
 /*
@@ -106,6 +129,7 @@ set_decoding_flag(bool decoding)
 	LWLockRelease(ProcArrayLock);
 }
 
+/* Publish what the worker is doing, for pg_stat_capture. */
 static void
 set_state(CaptureState state)
 {
@@ -114,6 +138,7 @@ set_state(CaptureState state)
 	LWLockRelease(SequinCdcShared_state->lock);
 }
 
+/* Is drop_slot() waiting for this worker to let the slot go? */
 static bool
 drop_requested(void)
 {
@@ -125,6 +150,7 @@ drop_requested(void)
 	return r;
 }
 
+/* Exit callback: give the slot's shared entry back. */
 static void
 capture_detach(int code, Datum arg)
 {
@@ -148,13 +174,13 @@ capture_error_context(void *arg)
 	if (decoding_ctx && decoding_ctx->reader)
 	{
 		XLogRecPtr	lsn = decoding_ctx->reader->ReadRecPtr;
+		TransactionId xid;
+		const char *relname;
 
-		if (TransactionIdIsValid(sequin_cdc_decode_position.xid) &&
-			sequin_cdc_decode_position.relname)
+		sequin_cdc_plugin_position(decoding_ctx, &xid, &relname);
+		if (TransactionIdIsValid(xid) && relname)
 			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X, transaction %u, relation \"%s\"",
-					   cfg->slot_name, LSN_FORMAT_ARGS(lsn),
-					   sequin_cdc_decode_position.xid,
-					   sequin_cdc_decode_position.relname);
+					   cfg->slot_name, LSN_FORMAT_ARGS(lsn), xid, relname);
 		else
 			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X",
 					   cfg->slot_name, LSN_FORMAT_ARGS(lsn));
@@ -168,7 +194,7 @@ capture_error_context(void *arg)
  * Returns false while the extension or the slot's row is missing.
  */
 static bool
-load_config(CaptureConfig *cfg, MemoryContext cxt)
+capture_load_config(CaptureConfig *cfg, MemoryContext cxt)
 {
 	bool		ok = false;
 
@@ -205,6 +231,10 @@ load_config(CaptureConfig *cfg, MemoryContext cxt)
 	return ok;
 }
 
+/*
+ * Set up this session's replication origin, the slot's progress as saved
+ * with the change rows (created on first use).
+ */
 static RepOriginId
 setup_origin(const char *slot_name)
 {
@@ -223,15 +253,93 @@ setup_origin(const char *slot_name)
 }
 
 /*
- * Decode until the flush pointer, a full batch, or batch_delay: whichever
- * comes first.  The buffer then holds only whole transactions, since the
- * plugin sees a transaction's changes all at once, when its commit is
- * decoded.
+ * The writer's prepare_write callback: a record is about to be put into
+ * ctx->out (as logicalfuncs.c's LogicalOutputPrepareWrite).
+ */
+void
+sequin_cdc_capture_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
+								 TransactionId xid, bool last_write)
+{
+	resetStringInfo(ctx->out);
+}
+
+/*
+ * The writer's write callback: take the plugin's record out of ctx->out
+ * (output_plugin.h) into the batch: a row into the buffer, or the batch's
+ * bookkeeping.
+ */
+void
+sequin_cdc_capture_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
+						 TransactionId xid, bool last_write)
+{
+	CaptureBatch *b = ctx->output_writer_private;
+	PluginRecord rec;
+
+	Assert(b != NULL && ctx->out->len == sizeof(PluginRecord));
+	memcpy(&rec, ctx->out->data, sizeof(PluginRecord));
+	switch (rec.kind)
+	{
+		case PLUGIN_RECORD_ROW:
+			if (b->buffer->nrows == 0)
+				b->first_row_time = GetCurrentTimestamp();
+			sequin_cdc_buffer_append(b->buffer, rec.row);
+			break;
+		case PLUGIN_RECORD_COMMIT:
+			if (rec.had_rows)
+				b->ntxns++;
+			b->last_commit_end = rec.lsn;
+			b->last_commit_time = rec.commit_time;
+			break;
+		case PLUGIN_RECORD_HOLD:
+			b->hold_lsn = rec.lsn;
+			break;
+		case PLUGIN_RECORD_BACKFILL_SEEN:
+			b->backfill_seen = true;
+			break;
+	}
+}
+
+/*
+ * The batching policy: is the buffered batch due to be written?  It is
+ * when it is full or spilled, when its first row has waited
+ * sequin_cdc.batch_delay, or, unless we are in the middle of decoding, at
+ * once when the last write is that long ago: an isolated change is not
+ * held back, and a steady stream is written in a few larger transactions
+ * rather than many small ones.  When rows wait but are not due,
+ * *wait_ms says in how long they will be; otherwise it is -1.
+ */
+static bool
+batch_due(CaptureBatch *b, TimestampTz now, bool decoding, long *wait_ms)
+{
+	TimestampTz due;
+
+	*wait_ms = -1;
+	if (b->buffer->nrows == 0)
+		return false;
+	if (b->buffer->nrows >= (uint64) sequin_cdc_batch_changes || b->buffer->file != NULL)
+		return true;
+	due = TimestampTzPlusMilliseconds(b->first_row_time, sequin_cdc_batch_delay);
+	if (!decoding)
+		due = Min(due, TimestampTzPlusMilliseconds(b->last_write, sequin_cdc_batch_delay));
+	if (now >= due)
+		return true;
+	*wait_ms = Max(1, (due - now) / 1000);
+	return false;
+}
+
+/*
+ * Decode until the flush pointer, until the batch is due, or for
+ * batch_delay at most (to confirm progress and notice requests while
+ * WAL of no interest streams by): whichever comes first.  The buffer then
+ * holds only whole transactions, since the plugin sees a transaction's
+ * changes all at once, when its commit is decoded.
  */
 static void
-decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
+decode_batch(LogicalDecodingContext *ctx, CaptureBatch *b, XLogRecPtr upto)
 {
 	TimestampTz start = GetCurrentTimestamp();
+	TimestampTz now = start;
+	long		wait_ms;
 	int			n = 0;
 
 	pgstat_report_activity(STATE_RUNNING, "decoding");
@@ -249,10 +357,11 @@ decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
 			LogicalDecodingProcessRecord(ctx, ctx->reader);
 		CHECK_FOR_INTERRUPTS();
 
-		if (buf->nrows >= (uint64) sequin_cdc_batch_changes)
-			break;
-		if (++n % 256 == 0 &&
-			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), sequin_cdc_batch_delay))
+		/* the clock is read every 256 records only */
+		if (++n % 256 == 0)
+			now = GetCurrentTimestamp();
+		if (batch_due(b, now, true, &wait_ms) ||
+			TimestampDifferenceExceeds(start, now, sequin_cdc_batch_delay))
 			break;
 	}
 	set_decoding_flag(false);
@@ -260,10 +369,11 @@ decode_batch(LogicalDecodingContext *ctx, ChangeBuffer *buf, XLogRecPtr upto)
 
 /*
  * Write the buffered rows and the origin progress in one transaction, and
- * make sure that commit is on disk before anyone confirms the slot.
+ * make sure that commit is on disk before anyone confirms the slot; then
+ * start a new batch.
  */
 static void
-write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
+write_batch(CaptureConfig *cfg, CaptureBatch *b)
 {
 	ChangeWriter *w;
 	uint64		rows;
@@ -272,13 +382,13 @@ write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	w = change_writer_begin(&cfg->database_id);
-	change_buffer_replay(buf, change_writer_put, w);
-	rows = change_writer_end(w);
+	w = sequin_cdc_change_writer_begin(&cfg->database_id);
+	sequin_cdc_buffer_replay(b->buffer, sequin_cdc_change_writer_put, w);
+	rows = sequin_cdc_change_writer_end(w);
 	PopActiveSnapshot();
 
-	replorigin_session_origin_lsn = buf->last_commit_end;
-	replorigin_session_origin_timestamp = buf->last_commit_time;
+	replorigin_session_origin_lsn = b->last_commit_end;
+	replorigin_session_origin_timestamp = b->last_commit_time;
 	CommitTransactionCommand();
 	replorigin_session_origin_lsn = InvalidXLogRecPtr;
 	replorigin_session_origin_timestamp = 0;
@@ -290,23 +400,102 @@ write_batch(CaptureConfig *cfg, ChangeBuffer *buf)
 
 	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
 	my_entry->changes_captured += rows;
-	my_entry->transactions_captured += buf->ntxns;
-	my_entry->last_commit_time = buf->last_commit_time;
+	my_entry->transactions_captured += b->ntxns;
+	my_entry->last_commit_time = b->last_commit_time;
+	LWLockRelease(SequinCdcShared_state->lock);
+
+	sequin_cdc_buffer_reset(b->buffer);
+	b->ntxns = 0;
+	b->last_write = GetCurrentTimestamp();
+}
+
+/*
+ * With nothing waiting, everything the reader has passed is written or of
+ * no interest: confirm it, never backwards, and not past an open backfill
+ * window, whose changed keys must be seen again after a restart.  Then
+ * publish the positions for pg_stat_capture.
+ */
+static void
+confirm_progress(LogicalDecodingContext *ctx, CaptureBatch *b)
+{
+	XLogRecPtr	end = ctx->reader->EndRecPtr;
+
+	if (!XLogRecPtrIsInvalid(b->hold_lsn) && b->hold_lsn < end)
+		end = b->hold_lsn;
+	if (b->buffer->nrows == 0 && end > MyReplicationSlot->data.confirmed_flush)
+	{
+		LogicalConfirmReceivedLocation(end);
+		ReplicationSlotMarkDirty();
+	}
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	my_entry->last_decoded_lsn = ctx->reader->EndRecPtr;
+	my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
 	LWLockRelease(SequinCdcShared_state->lock);
 }
 
+/*
+ * Start the helper workers of this slot that should run and do not: the
+ * worker of a backfill whose worker died, and sink workers.  Returns
+ * whether backfills of the slot remain to be looked after.  Runs in a
+ * transaction of its own.
+ */
+static bool
+launch_helpers(const char *slot_name)
+{
+	bool		backfills_remain;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	backfills_remain = sequin_cdc_launch_pending_backfills(slot_name);
+	sequin_cdc_launch_sinks();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	last_backfill_check = GetCurrentTimestamp();
+	return backfills_remain;
+}
+
+/*
+ * Helper supervision in the loop: while backfills of the slot may be
+ * running (one was seen in the stream, or some remained at the last
+ * check), relaunch helpers every BACKFILL_CHECK_INTERVAL.  Catalog access
+ * needs the caches out of historic mode.
+ */
+static void
+supervise_helpers(CaptureConfig *cfg, CaptureBatch *b, bool *caches_historic)
+{
+	if (b->backfill_seen)
+	{
+		backfills_active = true;
+		b->backfill_seen = false;
+	}
+	if (!backfills_active ||
+		!TimestampDifferenceExceeds(last_backfill_check, GetCurrentTimestamp(),
+									BACKFILL_CHECK_INTERVAL))
+		return;
+	if (*caches_historic)
+	{
+		InvalidateSystemCaches();
+		*caches_historic = false;
+	}
+	backfills_active = launch_helpers(cfg->slot_name);
+}
+
+/*
+ * Consume the slot until it is dropped: set up the origin, the decoding
+ * context with our writer, and the batch, then loop decode -> write ->
+ * confirm -> sleep.
+ */
 static void
 capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 {
-	ChangeBuffer *buf;
+	CaptureBatch *b;
 	LogicalDecodingContext *ctx;
 	XLogRecPtr	written_upto;
 	RepOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
-	TimestampTz last_backfill_check = GetCurrentTimestamp();
-	TimestampTz last_write = 0;
-	TimestampTz first_buffered = 0;
 
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
@@ -330,23 +519,34 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		SetConfigOption("logical_decoding_work_mem", value, PGC_USERSET, PGC_S_SESSION);
 	}
 
-	buf = change_buffer_create(cxt, (Size) sequin_cdc_buffer_memory * 1024);
-	buf->skip_upto = written_upto;
-	sequin_cdc_decode_target = buf;
-	options = list_make1(makeDefElem("publication",
-									 (Node *) makeString(cfg->publication), -1));
+	b = MemoryContextAllocZero(cxt, sizeof(CaptureBatch));
+	b->buffer = sequin_cdc_buffer_create(cxt, (Size) sequin_cdc_buffer_memory * 1024);
 
 	/*
 	 * Decoding starts at the slot's confirmed position, which may be before
 	 * the origin's (it is saved only at checkpoints, and held back while a
 	 * backfill window is open); transactions up to the origin's position
-	 * are decoded again but keep no rows (buf->skip_upto).
+	 * are decoded again but keep no rows (the plugin's skip_upto).  Later
+	 * transactions all end after it, so it is given once, here.
+	 *
+	 * Our writer takes the plugin's records (output_plugin.h).  It has no
+	 * update_progress callback: there is no remote end to keep alive, and
+	 * the loop confirms progress itself after each batch.
 	 */
+	options = list_make2(makeDefElem(SEQUIN_CDC_OPTION_PUBLICATION,
+									 (Node *) makeString(cfg->publication), -1),
+						 makeDefElem(SEQUIN_CDC_OPTION_SKIP_UPTO,
+									 (Node *) makeString(psprintf("%X/%X",
+																  LSN_FORMAT_ARGS(written_upto))),
+									 -1));
 	ctx = CreateDecodingContext(InvalidXLogRecPtr, options, false,
 								XL_ROUTINE(.page_read = read_local_xlog_page,
 										   .segment_open = wal_segment_open,
 										   .segment_close = wal_segment_close),
-								NULL, NULL, NULL);
+								sequin_cdc_capture_prepare_write,
+								sequin_cdc_capture_write,
+								NULL);
+	ctx->output_writer_private = b;
 	decoding_ctx = ctx;
 	set_decoding_flag(false);	/* decode_batch sets it while it decodes */
 	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
@@ -360,44 +560,21 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	for (;;)
 	{
 		XLogRecPtr	flush;
-		XLogRecPtr	end;
 		bool		caught_up;
+		long		wait_ms;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			buf->mem_limit = (Size) sequin_cdc_buffer_memory * 1024;
+			b->buffer->mem_limit = (Size) sequin_cdc_buffer_memory * 1024;
 		}
 		if (drop_requested())
 			break;
+		supervise_helpers(cfg, b, &caches_historic);
 
-		if (buf->backfill_seen)
-		{
-			backfills_active = true;
-			buf->backfill_seen = false;
-		}
-		if (backfills_active &&
-			TimestampDifferenceExceeds(last_backfill_check, GetCurrentTimestamp(),
-									   BACKFILL_CHECK_INTERVAL))
-		{
-			/* restart the worker of a backfill whose worker died */
-			if (caches_historic)
-			{
-				InvalidateSystemCaches();
-				caches_historic = false;
-			}
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			backfills_active = sequin_cdc_launch_pending_backfills(cfg->slot_name);
-			sequin_cdc_launch_sinks();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			last_backfill_check = GetCurrentTimestamp();
-		}
-
+		/* decode */
 		flush = sequin_cdc_flush_ptr();
 		if (ctx->reader->EndRecPtr < flush)
 		{
@@ -406,77 +583,31 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 				InvalidateSystemCaches();
 				caches_historic = true;
 			}
-			decode_batch(ctx, buf, flush);
+			decode_batch(ctx, b, flush);
 		}
 		caught_up = ctx->reader->EndRecPtr >= flush;
 
-		/*
-		 * Write when the batch is full or spilled, when its first row has
-		 * waited sequin_cdc.batch_delay, or at once when the last write is
-		 * that long ago: an isolated change is not held back, and a steady
-		 * stream is written in a few larger transactions rather than many
-		 * small ones.
-		 */
-		if (buf->nrows > 0)
+		/* write */
+		if (batch_due(b, GetCurrentTimestamp(), false, &wait_ms))
 		{
-			TimestampTz now = GetCurrentTimestamp();
-
-			if (first_buffered == 0)
-				first_buffered = now;
-			if (buf->nrows >= (uint64) sequin_cdc_batch_changes || buf->file != NULL ||
-				TimestampDifferenceExceeds(last_write, now, sequin_cdc_batch_delay) ||
-				TimestampDifferenceExceeds(first_buffered, now, sequin_cdc_batch_delay))
-			{
-				InvalidateSystemCaches();
-				caches_historic = false;
-				write_batch(cfg, buf);
-				buf->skip_upto = buf->last_commit_end;
-				change_buffer_reset(buf);
-				last_write = GetCurrentTimestamp();
-				first_buffered = 0;
-			}
+			InvalidateSystemCaches();
+			caches_historic = false;
+			write_batch(cfg, b);
 		}
 
-		/*
-		 * With nothing waiting, everything before end is written or of no
-		 * interest: confirm it, never backwards, and not past an open
-		 * backfill window, whose changed keys must be seen again after a
-		 * restart.
-		 */
-		end = ctx->reader->EndRecPtr;
-		if (!XLogRecPtrIsInvalid(buf->hold_lsn) && buf->hold_lsn < end)
-			end = buf->hold_lsn;
-		if (buf->nrows == 0 && end > MyReplicationSlot->data.confirmed_flush)
-		{
-			LogicalConfirmReceivedLocation(end);
-			ReplicationSlotMarkDirty();
-		}
+		/* confirm */
+		confirm_progress(ctx, b);
 
-		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-		my_entry->last_decoded_lsn = ctx->reader->EndRecPtr;
-		my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
-		LWLockRelease(SequinCdcShared_state->lock);
-
+		/* sleep, until WAL arrives or the buffered rows are due */
 		if (caught_up)
 		{
-			long		timeout = sequin_cdc_poll_interval;
-
-			if (buf->nrows > 0)
-			{
-				long		secs;
-				int			usecs;
-
-				/* until the buffered rows are due */
-				TimestampDifference(GetCurrentTimestamp(),
-									TimestampTzPlusMilliseconds(first_buffered, sequin_cdc_batch_delay),
-									&secs, &usecs);
-				timeout = Min(timeout, Max(1, secs * 1000 + usecs / 1000));
-			}
-			else
+			if (b->buffer->nrows == 0)
 				pgstat_report_activity(STATE_IDLE, NULL);
 			(void) WaitLatch(MyLatch,
 							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 timeout, PG_WAIT_EXTENSION);
+							 wait_ms >= 0 ? Min(wait_ms, sequin_cdc_poll_interval) :
+							 sequin_cdc_poll_interval,
+							 PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 		}
 	}
@@ -486,10 +617,15 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 					cfg->slot_name)));
 	FreeDecodingContext(ctx);
 	decoding_ctx = NULL;
-	sequin_cdc_decode_target = NULL;
 	ReplicationSlotRelease();
 }
 
+/*
+ * The capture worker's entry point (bgw_function_name): attach to the
+ * slot's shared entry, connect, wait for the configuration, start the
+ * slot's helpers and consume the slot.  An error is recorded for
+ * pg_stat_capture before the worker dies with it; the launcher restarts it.
+ */
 void
 sequin_cdc_capture_main(Datum arg)
 {
@@ -541,7 +677,7 @@ sequin_cdc_capture_main(Datum arg)
 	PG_TRY();
 	{
 		/* wait for the extension and the slot's row (e.g. a restore) */
-		while (!load_config(&cfg, cxt))
+		while (!capture_load_config(&cfg, cxt))
 		{
 			set_state(CAPTURE_WAITING);
 			if (drop_requested())
@@ -552,13 +688,7 @@ sequin_cdc_capture_main(Datum arg)
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
 		}
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		backfills_active = sequin_cdc_launch_pending_backfills(cfg.slot_name);
-		sequin_cdc_launch_sinks();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		backfills_active = launch_helpers(cfg.slot_name);
 		capture_loop(&cfg, cxt);
 	}
 	PG_CATCH();

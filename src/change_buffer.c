@@ -11,8 +11,8 @@
  * rows in the order they were appended: the file first, then memory.
  *
  * A record is a fixed header followed by its variable parts, each padded to
- * MAXALIGN so that the jsonb values can be used in place after a read into
- * a palloc'd (maxaligned) buffer.
+ * MAXALIGN (watermark.h's packing) so that the jsonb values can be used in
+ * place after a read into a palloc'd (maxaligned) buffer.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +22,7 @@
 #include "utils/memutils.h"
 
 #include "change_buffer.h"
+#include "watermark.h"
 
 typedef struct RecordHeader
 {
@@ -39,10 +40,9 @@ typedef struct RecordHeader
 	XLogRecPtr	commit_lsn;
 } RecordHeader;
 
-#define PART_SIZE(len) ((len) < 0 ? 0 : MAXALIGN(len))
-
+/* A buffer under parent that spills beyond mem_limit bytes of rows. */
 ChangeBuffer *
-change_buffer_create(MemoryContext parent, Size mem_limit)
+sequin_cdc_buffer_create(MemoryContext parent, Size mem_limit)
 {
 	MemoryContext cxt = AllocSetContextCreate(parent, "sequin_cdc change buffer",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -59,16 +59,6 @@ change_buffer_create(MemoryContext parent, Size mem_limit)
 		MemoryContextSwitchTo(old);
 	}
 	return buf;
-}
-
-static void
-append_part(StringInfo s, const void *data, int len)
-{
-	if (len <= 0)
-		return;
-	appendBinaryStringInfo(s, data, len);
-	while (s->len % MAXIMUM_ALIGNOF != 0)
-		appendStringInfoCharMacro(s, '\0');
 }
 
 /* Move the in-memory rows to the spill file. */
@@ -92,8 +82,12 @@ spill(ChangeBuffer *buf)
 	resetStringInfo(&buf->mem);
 }
 
+/*
+ * Append one row (copied), spilling the rows in memory first when it would
+ * take them past the limit.
+ */
 void
-change_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
+sequin_cdc_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
 {
 	RecordHeader h;
 	StringInfo	s = &buf->mem;
@@ -112,23 +106,23 @@ change_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
 	h.committed_at = c->committed_at;
 	h.commit_lsn = c->commit_lsn;
 	h.total_len = MAXALIGN(sizeof(RecordHeader)) +
-		PART_SIZE(h.schema_len) + PART_SIZE(h.table_len) +
-		PART_SIZE(h.pk_len) + PART_SIZE(h.record_len) +
-		PART_SIZE(h.changes_len) + PART_SIZE(h.annotations_len);
+		sequin_cdc_padded_size(h.schema_len) + sequin_cdc_padded_size(h.table_len) +
+		sequin_cdc_padded_size(h.pk_len) + sequin_cdc_padded_size(h.record_len) +
+		sequin_cdc_padded_size(h.changes_len) + sequin_cdc_padded_size(h.annotations_len);
 
 	if (s->len > 0 && (Size) s->len + h.total_len > buf->mem_limit)
 		spill(buf);
 
 	start = s->len;
-	append_part(s, &h, sizeof(h));
-	append_part(s, c->schema_name, c->schema_len);
-	append_part(s, c->table_name, c->table_len);
-	append_part(s, c->record_pk, c->pk_len);
-	append_part(s, c->record, h.record_len);
+	sequin_cdc_append_padded(s, &h, sizeof(h));
+	sequin_cdc_append_padded(s, c->schema_name, c->schema_len);
+	sequin_cdc_append_padded(s, c->table_name, c->table_len);
+	sequin_cdc_append_padded(s, c->record_pk, c->pk_len);
+	sequin_cdc_append_padded(s, c->record, h.record_len);
 	if (c->changes)
-		append_part(s, c->changes, h.changes_len);
+		sequin_cdc_append_padded(s, c->changes, h.changes_len);
 	if (c->annotations)
-		append_part(s, c->annotations, h.annotations_len);
+		sequin_cdc_append_padded(s, c->annotations, h.annotations_len);
 	Assert(s->len - start == (int) h.total_len);
 	(void) start;
 	buf->nrows++;
@@ -150,22 +144,23 @@ unpack(const char *p, BufferedChange *c)
 	c->commit_lsn = h.commit_lsn;
 	c->schema_name = q;
 	c->schema_len = h.schema_len;
-	q += PART_SIZE(h.schema_len);
+	q += sequin_cdc_padded_size(h.schema_len);
 	c->table_name = q;
 	c->table_len = h.table_len;
-	q += PART_SIZE(h.table_len);
+	q += sequin_cdc_padded_size(h.table_len);
 	c->record_pk = q;
 	c->pk_len = h.pk_len;
-	q += PART_SIZE(h.pk_len);
+	q += sequin_cdc_padded_size(h.pk_len);
 	c->record = (Jsonb *) q;
-	q += PART_SIZE(h.record_len);
+	q += sequin_cdc_padded_size(h.record_len);
 	c->changes = h.changes_len >= 0 ? (Jsonb *) q : NULL;
-	q += PART_SIZE(h.changes_len);
+	q += sequin_cdc_padded_size(h.changes_len);
 	c->annotations = h.annotations_len >= 0 ? (Jsonb *) q : NULL;
 }
 
+/* Hand every row to cb, oldest first: the spill file, then memory. */
 void
-change_buffer_replay(ChangeBuffer *buf, ChangeBufferCallback cb, void *arg)
+sequin_cdc_buffer_replay(ChangeBuffer *buf, ChangeBufferCallback cb, void *arg)
 {
 	BufferedChange c;
 
@@ -213,8 +208,9 @@ change_buffer_replay(ChangeBuffer *buf, ChangeBufferCallback cb, void *arg)
 	}
 }
 
+/* Forget every row, for the next batch. */
 void
-change_buffer_reset(ChangeBuffer *buf)
+sequin_cdc_buffer_reset(ChangeBuffer *buf)
 {
 	if (buf->file)
 	{
@@ -230,5 +226,4 @@ change_buffer_reset(ChangeBuffer *buf)
 	}
 	resetStringInfo(&buf->mem);
 	buf->nrows = 0;
-	buf->ntxns = 0;
 }

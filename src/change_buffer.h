@@ -39,6 +39,11 @@ typedef struct BufferedChange
 	Jsonb	   *annotations;	/* NULL when none */
 } BufferedChange;
 
+/*
+ * The rows of one batch: in memory up to mem_limit, older ones spilled to
+ * a temporary file.  Only rows: what the batch covers (its last commit,
+ * its transactions) is the capture worker's to track.
+ */
 typedef struct ChangeBuffer
 {
 	MemoryContext cxt;
@@ -46,23 +51,16 @@ typedef struct ChangeBuffer
 	BufFile    *file;			/* rows spilled, older than mem's */
 	Size		mem_limit;
 	uint64		nrows;
-	uint64		ntxns;			/* committed transactions with rows */
-	XLogRecPtr	last_commit_end;	/* end of the last transaction buffered */
-	XLogRecPtr	skip_upto;		/* transactions ending here or before are
-								 * written already: decode, but keep no rows */
-	XLogRecPtr	hold_lsn;		/* an open backfill window started here: do
-								 * not confirm the slot past it */
-	bool		backfill_seen;	/* a backfill watermark was decoded */
-	TimestampTz last_commit_time;
 	char	   *readbuf;		/* reused when reading spilled rows */
 	Size		readbuf_size;
 } ChangeBuffer;
 
+/* Called for each row on replay, in the order the rows were appended */
 typedef void (*ChangeBufferCallback) (BufferedChange *change, void *arg);
 
-extern ChangeBuffer *change_buffer_create(MemoryContext parent, Size mem_limit);
-extern void change_buffer_append(ChangeBuffer *buf, const BufferedChange *change);
-extern void change_buffer_replay(ChangeBuffer *buf, ChangeBufferCallback cb, void *arg);
-extern void change_buffer_reset(ChangeBuffer *buf);
+extern ChangeBuffer *sequin_cdc_buffer_create(MemoryContext parent, Size mem_limit);
+extern void sequin_cdc_buffer_append(ChangeBuffer *buf, const BufferedChange *change);
+extern void sequin_cdc_buffer_replay(ChangeBuffer *buf, ChangeBufferCallback cb, void *arg);
+extern void sequin_cdc_buffer_reset(ChangeBuffer *buf);
 
 #endif							/* SEQUIN_CDC_CHANGE_BUFFER_H */

@@ -103,8 +103,12 @@ struct ChangeWriter
 	uint64		maxwritten;
 };
 
+/*
+ * Start writing a batch; the caller is in the write transaction, which
+ * must stay open until sequin_cdc_change_writer_end.
+ */
 ChangeWriter *
-change_writer_begin(const pg_uuid_t *database_id)
+sequin_cdc_change_writer_begin(const pg_uuid_t *database_id)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
 											  "sequin_cdc change writer",
@@ -200,6 +204,11 @@ check_owner_may_insert(WriteTarget *t)
 													RelationGetRelationName(t->rel)))));
 }
 
+/*
+ * Open change table t->relid for inserts, once per batch: the executor
+ * state for the insert path and partition routing, its id sequence and
+ * which change-row columns it has.  A dropped table is marked missing.
+ */
 static void
 open_target(ChangeWriter *w, WriteTarget *t)
 {
@@ -266,6 +275,7 @@ open_target(ChangeWriter *w, WriteTarget *t)
 	MemoryContextSwitchTo(old);
 }
 
+/* The action column's text for a buffered action code. */
 static const char *
 action_name(char action)
 {
@@ -286,6 +296,7 @@ action_name(char action)
 	return NULL;
 }
 
+/* Set change-row column c in the target's slot, if the table has it. */
 static void
 set_col(WriteTarget *t, int c, Datum v, bool isnull)
 {
@@ -297,7 +308,7 @@ set_col(WriteTarget *t, int c, Datum v, bool isnull)
 
 /* ChangeBufferCallback: insert one row. */
 void
-change_writer_put(BufferedChange *c, void *arg)
+sequin_cdc_change_writer_put(BufferedChange *c, void *arg)
 {
 	ChangeWriter *w = arg;
 	WriteTarget *t;
@@ -445,7 +456,7 @@ verify_written(ChangeWriter *w)
  * so it stays the worker's own.
  */
 uint64
-change_writer_end(ChangeWriter *w)
+sequin_cdc_change_writer_end(ChangeWriter *w)
 {
 	HASH_SEQ_STATUS it;
 	WriteTarget *t;

@@ -16,8 +16,8 @@
 
 typedef struct ChangeWriter ChangeWriter;
 
-extern ChangeWriter *change_writer_begin(const pg_uuid_t *database_id);
-extern void change_writer_put(BufferedChange *change, void *writer);
-extern uint64 change_writer_end(ChangeWriter *w);
+extern ChangeWriter *sequin_cdc_change_writer_begin(const pg_uuid_t *database_id);
+extern void sequin_cdc_change_writer_put(BufferedChange *change, void *writer);
+extern uint64 sequin_cdc_change_writer_end(ChangeWriter *w);
 
 #endif							/* SEQUIN_CDC_CHANGE_WRITER_H */

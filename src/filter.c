@@ -16,6 +16,12 @@
  * decoder evaluates them long after the fact, so now() or a table lookup
  * would give answers unrelated to the change.
  *
+ * The decoder holds no lock on the relation (it must not wait for user
+ * locks, and its historic relcache entry cannot change under it), so
+ * there the column references are resolved against the relation's tuple
+ * descriptor by a parser hook, without a range table entry: adding one
+ * asserts that the caller holds a lock (addRangeTableEntryForRelation).
+ *
  * A backfill condition is evaluated when the chunk is read, so stable
  * functions such as now() are fine there; volatile ones are not (a chunk
  * read may be repeated, and must not have side effects).
@@ -34,6 +40,9 @@
 #include "postgres.h"
 
 #include "access/transam.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
@@ -45,6 +54,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
+#include "utils/rel.h"
 #include "utils/typcache.h"
 
 #include "filter.h"
@@ -56,6 +66,7 @@ typedef enum ConditionKind
 	CONDITION_BACKFILL			/* backfill where clause */
 } ConditionKind;
 
+/* Raise the error for a condition that is refused, with the reason why. */
 static void
 bad_condition(ConditionKind kind, const char *text, const char *why)
 {
@@ -85,17 +96,18 @@ user_function(Oid funcid, void *context)
 	return false;
 }
 
+/* What find_user_code found: the detail message to give */
+typedef struct UserCodeContext
+{
+	char	   *detail;
+} UserCodeContext;
+
 /*
  * Find user-defined code an expression would run: a function or operator
  * (incl. casts and I/O coercions), a domain's CHECK constraints, or a
  * comparison function of GREATEST/LEAST.  Returns true, with the detail
  * message to give in cxt, if there is some.
  */
-typedef struct UserCodeContext
-{
-	char	   *detail;
-} UserCodeContext;
-
 static bool
 find_user_code(Node *node, UserCodeContext *cxt)
 {
@@ -146,13 +158,68 @@ filter_error_callback(void *arg)
 }
 
 /*
+ * p_pre_columnref_hook of a condition parsed without a range table entry
+ * (see the header comment): a column of rel, written bare or qualified by
+ * the table's name ([[database.]schema.]table.column), becomes a Var of
+ * varno 1, as the range table entry would make it.  Anything else is left
+ * to the parser, which reports it missing: whole-row references and system
+ * columns (the parser would look for their range table entry), and any
+ * name inside a subquery (refused anyway).
+ */
+static Node *
+filter_column_ref(ParseState *pstate, ColumnRef *cref)
+{
+	Relation	rel = (Relation) pstate->p_ref_hook_state;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			nfields = list_length(cref->fields);
+	Node	   *last = llast(cref->fields);
+	const char *colname;
+
+	if (pstate->parentParseState != NULL || nfields > 4 || !IsA(last, String))
+		return NULL;
+	/* the qualifiers, from the nearest out: table, schema, database */
+	for (int i = nfields - 2, level = 0; i >= 0; i--, level++)
+	{
+		const char *name = strVal(list_nth(cref->fields, i));
+		const char *expected;
+
+		if (level == 0)
+			expected = RelationGetRelationName(rel);
+		else if (level == 1)
+			expected = get_namespace_name(RelationGetNamespace(rel));
+		else
+			expected = get_database_name(MyDatabaseId);
+		if (expected == NULL || strcmp(name, expected) != 0)
+			return NULL;
+	}
+
+	colname = strVal(last);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
+		{
+			Var		   *var = makeVar(1, att->attnum, att->atttypid,
+									  att->atttypmod, att->attcollation, 0);
+
+			var->location = cref->location;
+			return (Node *) var;
+		}
+	}
+	return NULL;
+}
+
+/*
  * Parse and analyze a condition for rel; returns a boolean expression
  * whose Vars have varno 1.  Raises an error for anything that is not a
  * single boolean expression of the kind's volatility, calling built-in
- * code only.
+ * code only.  With locked, the caller holds a lock on rel and the columns
+ * are resolved through a range table entry, as for any query; without,
+ * through filter_column_ref.
  */
 static Expr *
-parse_condition(Relation rel, const char *text, ConditionKind kind)
+parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 {
 	List	   *raw;
 	RawStmt    *rs;
@@ -189,9 +256,17 @@ parse_condition(Relation rel, const char *text, ConditionKind kind)
 
 	pstate = make_parsestate(NULL);
 	pstate->p_sourcetext = text;
-	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
-										   NULL, false, false);
-	addNSItemToQuery(pstate, nsitem, false, true, true);
+	if (locked)
+	{
+		nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+											   NULL, false, false);
+		addNSItemToQuery(pstate, nsitem, false, true, true);
+	}
+	else
+	{
+		pstate->p_pre_columnref_hook = filter_column_ref;
+		pstate->p_ref_hook_state = (void *) rel;
+	}
 
 	expr = transformExpr(pstate, target->val, EXPR_KIND_WHERE);
 	expr = coerce_to_boolean(pstate, expr,
@@ -214,16 +289,29 @@ parse_condition(Relation rel, const char *text, ConditionKind kind)
 	return (Expr *) expr;
 }
 
-/* A retention-rule filter for rel: immutable, built-in code only. */
+/*
+ * A retention-rule filter for rel, which the caller has locked (at least
+ * AccessShareLock): immutable, built-in code only.
+ */
 Expr *
 sequin_cdc_parse_filter(Relation rel, const char *filter)
 {
-	return parse_condition(rel, filter, CONDITION_FILTER);
+	return parse_condition(rel, filter, CONDITION_FILTER, true);
 }
 
-/* A backfill where clause for rel: stable at most, built-in code only. */
+/*
+ * The same for a relation nobody locked: the decoder's historic relcache
+ * entry (plugin_relcache.c).  Takes no lock and opens nothing.
+ */
+Expr *
+sequin_cdc_parse_filter_unlocked(Relation rel, const char *filter)
+{
+	return parse_condition(rel, filter, CONDITION_FILTER, false);
+}
+
+/* A backfill where clause for rel (locked): stable at most, built-in code only. */
 Expr *
 sequin_cdc_parse_backfill_where(Relation rel, const char *where)
 {
-	return parse_condition(rel, where, CONDITION_BACKFILL);
+	return parse_condition(rel, where, CONDITION_BACKFILL, true);
 }

@@ -15,6 +15,7 @@
 #include "utils/rel.h"
 
 extern Expr *sequin_cdc_parse_filter(Relation rel, const char *filter);
+extern Expr *sequin_cdc_parse_filter_unlocked(Relation rel, const char *filter);
 extern Expr *sequin_cdc_parse_backfill_where(Relation rel, const char *where);
 
 #endif							/* SEQUIN_CDC_FILTER_H */

@@ -16,6 +16,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "common/jsonapi.h"
 #include "nodes/makefuncs.h"
@@ -26,9 +27,12 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "row_json.h"
 
+/* How a column of type typid is rendered; *base_out gets its base type. */
 static ColumnKind
 column_kind(Oid typid, Oid *base_out)
 {
@@ -76,8 +80,12 @@ column_kind(Oid typid, Oid *base_out)
 	return COLUMN_OTHER;
 }
 
+/*
+ * An encoder for rows of desc, in cxt: per column, its jsonb key and how
+ * its values are rendered, looked up once rather than per row.
+ */
 RowEncoder *
-row_encoder_create(TupleDesc desc, MemoryContext cxt)
+sequin_cdc_row_encoder_create(TupleDesc desc, MemoryContext cxt)
 {
 	RowEncoder *enc = MemoryContextAllocZero(cxt, sizeof(RowEncoder));
 
@@ -125,6 +133,7 @@ row_encoder_create(TupleDesc desc, MemoryContext cxt)
 	return enc;
 }
 
+/* v becomes the jsonb string s (len bytes, not copied). */
 static void
 set_string(JsonbValue *v, char *s, int len)
 {
@@ -243,7 +252,7 @@ column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
  * set when include is given.  Allocates in the current memory context.
  */
 Jsonb *
-row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
+sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 				   const bool *include)
 {
 	JsonbParseState *state = NULL;
@@ -269,13 +278,42 @@ row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 }
 
 /*
+ * The primary key columns of rel, in key order, as attnums into *keys
+ * (palloc'd); returns their number, 0 (and *keys NULL) for a table without
+ * a primary key.  record_pk is rendered from them, and backfills page by
+ * them.
+ */
+int
+sequin_cdc_primary_key(Relation rel, AttrNumber **keys)
+{
+	HeapTuple	itup;
+	Form_pg_index idx;
+	int			n;
+
+	*keys = NULL;
+	(void) RelationGetIndexList(rel);
+	if (!OidIsValid(rel->rd_pkindex))
+		return 0;
+	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(rel->rd_pkindex));
+	if (!HeapTupleIsValid(itup))
+		elog(ERROR, "cache lookup failed for index %u", rel->rd_pkindex);
+	idx = (Form_pg_index) GETSTRUCT(itup);
+	n = idx->indnkeyatts;
+	*keys = palloc(sizeof(AttrNumber) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		(*keys)[i] = idx->indkey.values[i];
+	ReleaseSysCache(itup);
+	return n;
+}
+
+/*
  * The primary key as text.  One column: its text form, as Sequin writes it
  * (`9`, `abc`).  Several columns: a JSON array of the values as they appear
  * in record (`[1, "abc"]`), which cannot be ambiguous the way a plain
  * comma-join is.
  */
 char *
-row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *keys,
+sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *keys,
 					 Datum *values, bool *nulls, int *len)
 {
 	char	   *s;

@@ -13,6 +13,7 @@
 #include "access/tupdesc.h"
 #include "fmgr.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 typedef enum ColumnKind
 {
@@ -45,10 +46,11 @@ typedef struct RowEncoder
 	ColumnEncoder *cols;		/* indexed by attnum - 1 */
 } RowEncoder;
 
-extern RowEncoder *row_encoder_create(TupleDesc desc, MemoryContext cxt);
-extern Jsonb *row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
+extern RowEncoder *sequin_cdc_row_encoder_create(TupleDesc desc, MemoryContext cxt);
+extern Jsonb *sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 								 const bool *include);
-extern char *row_encoder_key_text(RowEncoder *enc, int nkeys,
+extern int	sequin_cdc_primary_key(Relation rel, AttrNumber **keys);
+extern char *sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys,
 								  const AttrNumber *keys, Datum *values,
 								  bool *nulls, int *len);
 
