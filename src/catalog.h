@@ -1,0 +1,57 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.h
+ *		Names of sequin_cdc's own tables and the numbers of the columns
+ *		that C code reads from them.
+ *
+ * The tables are defined in sql/; C code names them and their columns
+ * only through the constants here, so that a reader finds every C
+ * reader of a table in one grep, and a column added to a table cannot
+ * shift what C code reads.  Where C code reads a table through SPI, the
+ * column list of the query is defined here too, next to the Anum_
+ * constants that number its result columns.
+ *
+ * One section per table, each saying which files read it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SEQUIN_CDC_CATALOG_H
+#define SEQUIN_CDC_CATALOG_H
+
+/* The extension's schema, which holds every table below */
+#define SEQUIN_CDC_SCHEMA			"sequin_cdc"
+
+/* ----------------------------------------------------------------
+ * slots: one row per slot made by create_slot() (api.c)
+ * ----------------------------------------------------------------
+ */
+#define SEQUIN_CDC_SLOTS_TABLE		"slots"
+#define SEQUIN_CDC_SLOTS_QUALIFIED	"sequin_cdc.slots"
+
+/* ----------------------------------------------------------------
+ * backfills: one row per backfill, with its cursor (backfill.c)
+ * ----------------------------------------------------------------
+ */
+#define SEQUIN_CDC_BACKFILLS_TABLE	"backfills"
+#define SEQUIN_CDC_BACKFILLS_QUALIFIED "sequin_cdc.backfills"
+
+/* backfills.state of a backfill whose worker has work left */
+#define SEQUIN_CDC_BACKFILL_RUNNING	"running"
+
+/* What the backfill worker reads of its row, and where in the result */
+#define SEQUIN_CDC_BACKFILL_JOB_COLUMNS \
+	"source_table::oid, change_table::oid, where_clause, chunk_size, " \
+	"last_key, state, run_as::oid"
+#define Anum_backfill_job_source_table	1
+#define Anum_backfill_job_change_table	2
+#define Anum_backfill_job_where_clause	3
+#define Anum_backfill_job_chunk_size	4
+#define Anum_backfill_job_last_key		5
+#define Anum_backfill_job_state			6
+#define Anum_backfill_job_run_as		7
+
+/* What the capture worker reads to restart the backfills of its slot */
+#define SEQUIN_CDC_BACKFILL_PENDING_COLUMNS "id"
+#define Anum_backfill_pending_id		1
+
+#endif							/* SEQUIN_CDC_CATALOG_H */
