@@ -22,11 +22,20 @@
 #define SEQUIN_CDC_SCHEMA			"sequin_cdc"
 
 /* ----------------------------------------------------------------
- * slots: one row per slot made by create_slot() (api.c)
+ * slots: one row per slot made by create_slot() (api.c, capture.c)
+ * database_identity: the uuid of this database in change rows (capture.c)
  * ----------------------------------------------------------------
  */
 #define SEQUIN_CDC_SLOTS_TABLE		"slots"
 #define SEQUIN_CDC_SLOTS_QUALIFIED	"sequin_cdc.slots"
+#define SEQUIN_CDC_DATABASE_IDENTITY_QUALIFIED "sequin_cdc.database_identity"
+
+/* What a capture worker reads when it starts ($1: its slot), and where */
+#define SEQUIN_CDC_CAPTURE_CONFIG_QUERY \
+	"SELECT s.publication::text, d.id FROM " SEQUIN_CDC_SLOTS_QUALIFIED " s, " \
+	SEQUIN_CDC_DATABASE_IDENTITY_QUALIFIED " d WHERE s.slot_name = $1"
+#define Anum_capture_config_publication	1
+#define Anum_capture_config_database_id	2
 
 /* ----------------------------------------------------------------
  * backfills: one row per backfill, with its cursor (backfill.c)

@@ -11,8 +11,10 @@
  * alone.  Crashes of any process restart the whole server, and this
  * launcher (a static worker) with it, which restarts every capture worker.
  *
- * The launcher sleeps on its latch; create_slot() and worker exits (through
- * bgw_notify_pid) wake it, and a one-second timeout catches the rest.
+ * The launcher sleeps on its latch; create_slot() (at commit) and worker
+ * exits (through bgw_notify_pid) wake it, and a one-second timeout catches
+ * the rest.  It starts workers with sequin_cdc_start_worker (workers.c) and
+ * keeps their handles; the slot entries themselves are in shmem.c.
  *
  *-------------------------------------------------------------------------
  */
