@@ -2,6 +2,8 @@
 MODULE_big = sequin_cdc
 OBJS = \
 	src/sequin_cdc.o \
+	src/shmem.o \
+	src/workers.o \
 	src/launcher.o \
 	src/capture.o \
 	src/output_plugin.o \

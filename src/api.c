@@ -43,9 +43,11 @@
 #include "utils/ruleutils.h"
 #include "utils/varlena.h"
 
+#include "catalog.h"
 #include "compat.h"
 #include "filter.h"
 #include "sequin_cdc.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(sequin_cdc_check_preload);
 PG_FUNCTION_INFO_V1(sequin_cdc_create_slot);
@@ -56,33 +58,7 @@ PG_FUNCTION_INFO_V1(sequin_cdc_invalidate_relation);
 PG_FUNCTION_INFO_V1(sequin_cdc_capture_stats);
 PG_FUNCTION_INFO_V1(sequin_cdc_plugin_allowed);
 
-static bool wake_launcher_at_commit = false;
-static bool xact_callback_registered = false;
-
-/*
- * create_slot's row in sequin_cdc.slots becomes visible at commit; the
- * worker reads it when it starts, so the launcher is woken again then.
- */
-static void
-wake_launcher_xact_callback(XactEvent event, void *arg)
-{
-	if (event == XACT_EVENT_COMMIT && wake_launcher_at_commit)
-		sequin_cdc_wake_launcher();
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-		wake_launcher_at_commit = false;
-}
-
-static void
-wake_launcher_after_commit(void)
-{
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(wake_launcher_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
-	wake_launcher_at_commit = true;
-}
-
+/* _check_preload(): errors, with a hint, unless the library was preloaded */
 Datum
 sequin_cdc_check_preload(PG_FUNCTION_ARGS)
 {
@@ -95,7 +71,7 @@ sequin_cdc_check_preload(PG_FUNCTION_ARGS)
  * allow our plugin?  Servers without the setting allow every plugin.
  */
 static bool
-plugin_allowed(const char **setting)
+api_plugin_allowed(const char **setting)
 {
 	const char *value = GetConfigOption("output_plugin_libraries", true, false);
 	char	   *copy;
@@ -119,16 +95,18 @@ plugin_allowed(const char **setting)
 	return found;
 }
 
+/* _plugin_allowed(): may create_slot() use our output plugin here? */
 Datum
 sequin_cdc_plugin_allowed(PG_FUNCTION_ARGS)
 {
 	const char *setting;
 
-	PG_RETURN_BOOL(plugin_allowed(&setting));
+	PG_RETURN_BOOL(api_plugin_allowed(&setting));
 }
 
+/* Errors unless the current role may create and drop replication slots. */
 static void
-check_slot_privilege(const char *slot_name)
+api_check_slot_privilege(const char *slot_name)
 {
 	if (!superuser() && !has_rolreplication(GetUserId()))
 		ereport(ERROR,
@@ -145,10 +123,10 @@ check_slot_privilege(const char *slot_name)
  * that a role lacking them gets an error and no half-made state.
  */
 static void
-check_slots_table_privilege(const char *slot_name, AclMode privs, const char *what)
+api_check_slots_table_privilege(const char *slot_name, AclMode privs, const char *what)
 {
-	Oid			nsp = get_namespace_oid("sequin_cdc", false);
-	Oid			relid = get_relname_relid("slots", nsp);
+	Oid			nsp = get_namespace_oid(SEQUIN_CDC_SCHEMA, false);
+	Oid			relid = get_relname_relid(SEQUIN_CDC_SLOTS_TABLE, nsp);
 	AclMode		modes[] = {ACL_SELECT, ACL_INSERT, ACL_UPDATE, ACL_DELETE};
 
 	if (!OidIsValid(relid))
@@ -198,7 +176,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errdetail("The server runs with wal_level = %s.",
 						   GetConfigOption("wal_level", false, false)),
 				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
-	if (!plugin_allowed(&setting))
+	if (!api_plugin_allowed(&setting))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("output_plugin_libraries does not allow the output plugin \"%s\"",
@@ -206,8 +184,8 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errdetail("output_plugin_libraries is \"%s\".", setting),
 				 errhint("Add sequin_cdc to output_plugin_libraries in postgresql.conf, for example output_plugin_libraries = '%s, sequin_cdc', and reload the configuration.",
 						 setting)));
-	check_slot_privilege(NameStr(*slot));
-	check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
+	api_check_slot_privilege(NameStr(*slot));
+	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
 	ReplicationSlotValidateName(NameStr(*slot), ERROR);
 
 	if (!OidIsValid(get_publication_oid(NameStr(*publication), true)))
@@ -273,7 +251,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 		replorigin_create(origin_name);
 
 		SPI_connect();
-		SPI_execute_with_args("INSERT INTO sequin_cdc.slots (slot_name, publication) "
+		SPI_execute_with_args("INSERT INTO " SEQUIN_CDC_SLOTS_QUALIFIED " (slot_name, publication) "
 							  "VALUES ($1, $2) ON CONFLICT (slot_name) DO UPDATE "
 							  "SET publication = excluded.publication, created_at = now()",
 							  2, argtypes, args, NULL, false, 0);
@@ -286,20 +264,24 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 
-	wake_launcher_after_commit();
+	/*
+	 * The launcher may already have started the slot's worker, which waits
+	 * for this row; woken when the row is visible, the launcher wakes it.
+	 */
+	sequin_cdc_at_commit(SEQUIN_AT_COMMIT_WAKE_LAUNCHER, 0);
 	PG_RETURN_LSN(lsn);
 }
 
 /* Delete a slot's row in sequin_cdc.slots; returns rows deleted. */
 static uint64
-delete_slot_row(Name slot)
+api_delete_slot_row(Name slot)
 {
 	Oid			argtypes[1] = {NAMEOID};
 	Datum		args[1] = {NameGetDatum(slot)};
 	uint64		n;
 
 	SPI_connect();
-	SPI_execute_with_args("DELETE FROM sequin_cdc.slots WHERE slot_name = $1",
+	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $1",
 						  1, argtypes, args, NULL, false, 0);
 	n = SPI_processed;
 	SPI_finish();
@@ -326,8 +308,8 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	char		origin_name[NAMEDATALEN + 16];
 
 	sequin_cdc_require_preload();
-	check_slot_privilege(NameStr(*slot));
-	check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_DELETE, "drop");
+	api_check_slot_privilege(NameStr(*slot));
+	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_DELETE, "drop");
 
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	s = SearchNamedReplicationSlot(NameStr(*slot), false);
@@ -337,7 +319,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	if (s == NULL)
 	{
 		/* only the configuration is left (e.g. after a restore): clean it */
-		if (delete_slot_row(slot) > 0)
+		if (api_delete_slot_row(slot) > 0)
 		{
 			ereport(NOTICE,
 					(errmsg("replication slot \"%s\" did not exist; its configuration was removed",
@@ -367,17 +349,9 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	}
 
 	/* transactional: an error here (privileges, a trigger) changes nothing */
-	(void) delete_slot_row(slot);
+	(void) api_delete_slot_row(slot);
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	idx = sequin_cdc_find_slot_entry(NameStr(*slot));
-	if (idx >= 0)
-	{
-		SequinCdcShared_state->slots[idx].drop_requested = true;
-		if (SequinCdcShared_state->slots[idx].latch)
-			SetLatch(SequinCdcShared_state->slots[idx].latch);
-	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	idx = sequin_cdc_request_slot_drop(NameStr(*slot));
 
 	PG_TRY();
 	{
@@ -386,10 +360,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-		if (idx >= 0)
-			SequinCdcShared_state->slots[idx].drop_requested = false;
-		LWLockRelease(SequinCdcShared_state->lock);
+		sequin_cdc_cancel_slot_drop(idx);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -397,11 +368,7 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
 	replorigin_drop_by_name(origin_name, true, false);
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	if (idx >= 0 && strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name),
-						   NameStr(*slot)) == 0)
-		memset(&SequinCdcShared_state->slots[idx], 0, sizeof(CaptureSlotShared));
-	LWLockRelease(SequinCdcShared_state->lock);
+	sequin_cdc_release_slot_entry(idx, NameStr(*slot));
 	sequin_cdc_wake_launcher();
 	PG_RETURN_VOID();
 }
@@ -472,8 +439,9 @@ sequin_cdc_invalidate_relation(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* A capture state as pg_stat_capture shows it */
 static const char *
-state_name(CaptureState s)
+api_state_name(CaptureState s)
 {
 	switch (s)
 	{
@@ -488,6 +456,23 @@ state_name(CaptureState s)
 	}
 	return "unknown";
 }
+
+/* The result columns of _capture_stats(), in order */
+typedef enum ApiStatsColumn
+{
+	API_STATS_SLOT_NAME,
+	API_STATS_DATABASE,
+	API_STATS_PID,
+	API_STATS_STATE,
+	API_STATS_CHANGES,
+	API_STATS_TRANSACTIONS,
+	API_STATS_LAST_DECODED_LSN,
+	API_STATS_LAST_COMMIT_TIME,
+	API_STATS_ERRORS,
+	API_STATS_LAST_ERROR,
+	API_STATS_LAST_ERROR_TIME,
+	API_STATS_NCOLUMNS,
+} ApiStatsColumn;
 
 /*
  * _capture_stats(): one row per slot the launcher serves, copied out of
@@ -504,37 +489,33 @@ sequin_cdc_capture_stats(PG_FUNCTION_ARGS)
 	sequin_cdc_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 
-	n = SequinCdcShared_state->nslots;
-	copy = palloc(sizeof(CaptureSlotShared) * n);
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	memcpy(copy, SequinCdcShared_state->slots, sizeof(CaptureSlotShared) * n);
-	LWLockRelease(SequinCdcShared_state->lock);
+	copy = sequin_cdc_copy_slot_entries(&n);
 
 	for (int i = 0; i < n; i++)
 	{
 		CaptureSlotShared *e = &copy[i];
-		Datum		values[11];
-		bool		nulls[11];
+		Datum		values[API_STATS_NCOLUMNS];
+		bool		nulls[API_STATS_NCOLUMNS];
 
 		if (!e->in_use)
 			continue;
 		memset(nulls, 0, sizeof(nulls));
-		values[0] = CStringGetTextDatum(NameStr(e->slot_name));
-		values[1] = ObjectIdGetDatum(e->dboid);
-		values[2] = Int32GetDatum(e->pid);
-		nulls[2] = e->pid == 0;
-		values[3] = CStringGetTextDatum(state_name(e->pid ? e->state : CAPTURE_STOPPED));
-		values[4] = Int64GetDatum((int64) e->changes_captured);
-		values[5] = Int64GetDatum((int64) e->transactions_captured);
-		values[6] = LSNGetDatum(e->last_decoded_lsn);
-		nulls[6] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
-		values[7] = TimestampTzGetDatum(e->last_commit_time);
-		nulls[7] = e->last_commit_time == 0;
-		values[8] = Int64GetDatum((int64) e->errors);
-		values[9] = CStringGetTextDatum(e->last_error);
-		nulls[9] = e->last_error[0] == '\0';
-		values[10] = TimestampTzGetDatum(e->last_error_time);
-		nulls[10] = e->last_error_time == 0;
+		values[API_STATS_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
+		values[API_STATS_DATABASE] = ObjectIdGetDatum(e->dboid);
+		values[API_STATS_PID] = Int32GetDatum(e->pid);
+		nulls[API_STATS_PID] = e->pid == 0;
+		values[API_STATS_STATE] = CStringGetTextDatum(api_state_name(e->pid ? e->state : CAPTURE_STOPPED));
+		values[API_STATS_CHANGES] = Int64GetDatum((int64) e->changes_captured);
+		values[API_STATS_TRANSACTIONS] = Int64GetDatum((int64) e->transactions_captured);
+		values[API_STATS_LAST_DECODED_LSN] = LSNGetDatum(e->last_decoded_lsn);
+		nulls[API_STATS_LAST_DECODED_LSN] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
+		values[API_STATS_LAST_COMMIT_TIME] = TimestampTzGetDatum(e->last_commit_time);
+		nulls[API_STATS_LAST_COMMIT_TIME] = e->last_commit_time == 0;
+		values[API_STATS_ERRORS] = Int64GetDatum((int64) e->errors);
+		values[API_STATS_LAST_ERROR] = CStringGetTextDatum(e->last_error);
+		nulls[API_STATS_LAST_ERROR] = e->last_error[0] == '\0';
+		values[API_STATS_LAST_ERROR_TIME] = TimestampTzGetDatum(e->last_error_time);
+		nulls[API_STATS_LAST_ERROR_TIME] = e->last_error_time == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -70,22 +70,18 @@
 #include "utils/syscache.h"
 
 #include "backfill.h"
+#include "catalog.h"
 #include "filter.h"
 #include "row_json.h"
 #include "run_as.h"
 #include "sequin_cdc.h"
 #include "watermark.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(sequin_cdc_start_backfill);
 
 /* advisory lock class of backfill workers: 'SQBF' */
-#define BACKFILL_LOCK_CLASS "1397834310"
-
-typedef struct BackfillWorkerArg
-{
-	int64		id;
-	Oid			dboid;
-} BackfillWorkerArg;
+#define BACKFILL_LOCK_CLASS 1397834310
 
 typedef struct BackfillJob
 {
@@ -100,84 +96,15 @@ typedef struct BackfillJob
 } BackfillJob;
 
 /*
- * Start a worker for backfill id.  It takes the role to read as from the
- * backfill's row, never from its launcher.
- */
-void
-sequin_cdc_launch_backfill(int64 id, Oid dboid)
-{
-	BackgroundWorker bgw;
-	BackfillWorkerArg a = {id, dboid};
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "sequin_cdc");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "sequin_cdc_backfill_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "sequin_cdc backfill %lld", (long long) id);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "sequin_cdc backfill");
-	memcpy(bgw.bgw_extra, &a, sizeof(a));
-	if (!RegisterDynamicBackgroundWorker(&bgw, NULL))
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start a worker for backfill %lld", (long long) id),
-				 errhint("Raise max_worker_processes; the backfill resumes when its slot's capture worker restarts.")));
-}
-
-/* Backfills started in this transaction, launched when it commits */
-typedef struct PendingLaunch
-{
-	int64		id;
-} PendingLaunch;
-
-static List *pending_launches = NIL;
-static bool launch_callback_registered = false;
-
-static void
-launch_at_commit(XactEvent event, void *arg)
-{
-	ListCell   *lc;
-
-	if (event == XACT_EVENT_COMMIT)
-	{
-		foreach(lc, pending_launches)
-		{
-			PendingLaunch *p = lfirst(lc);
-
-			sequin_cdc_launch_backfill(p->id, MyDatabaseId);
-		}
-	}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
-	{
-		list_free_deep(pending_launches);
-		pending_launches = NIL;
-	}
-}
-
-/*
  * _start_backfill(id): called by backfill() for the row it just inserted;
- * the worker starts when that row is committed.
+ * the worker starts when that row is committed.  It takes the role to read
+ * as from the backfill's row, never from who started it.
  */
 Datum
 sequin_cdc_start_backfill(PG_FUNCTION_ARGS)
 {
-	PendingLaunch *p;
-
 	sequin_cdc_require_preload();
-	if (!launch_callback_registered)
-	{
-		RegisterXactCallback(launch_at_commit, NULL);
-		launch_callback_registered = true;
-	}
-	p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingLaunch));
-	p->id = PG_GETARG_INT64(0);
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		pending_launches = lappend(pending_launches, p);
-		MemoryContextSwitchTo(old);
-	}
+	sequin_cdc_at_commit(SEQUIN_AT_COMMIT_START_BACKFILL, PG_GETARG_INT64(0));
 	PG_RETURN_VOID();
 }
 
@@ -196,17 +123,22 @@ sequin_cdc_launch_pending_backfills(const char *slot_name)
 	bool		any = false;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT id FROM sequin_cdc.backfills "
-							  "WHERE state = 'running' AND slot_name = $1::name",
+	if (SPI_execute_with_args("SELECT " SEQUIN_CDC_BACKFILL_PENDING_COLUMNS
+							  " FROM " SEQUIN_CDC_BACKFILLS_QUALIFIED
+							  " WHERE state = '" SEQUIN_CDC_BACKFILL_RUNNING "'"
+							  " AND slot_name = $1::name",
 							  1, argtypes, args, NULL, true, 0) == SPI_OK_SELECT)
 	{
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
 			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-														 SPI_tuptable->tupdesc, 1, &isnull));
+														 SPI_tuptable->tupdesc,
+														 Anum_backfill_pending_id,
+														 &isnull));
 
-			sequin_cdc_launch_backfill(id, MyDatabaseId);
+			(void) sequin_cdc_start_worker(SEQUIN_WORKER_BACKFILL, id, MyDatabaseId,
+										   NULL, NULL);
 			any = true;
 		}
 	}
@@ -216,15 +148,15 @@ sequin_cdc_launch_pending_backfills(const char *slot_name)
 
 /* Read the backfill's row; false if it is not (yet) there or not running. */
 static bool
-load_job(BackfillJob *job, MemoryContext cxt)
+backfill_load_job(BackfillJob *job, MemoryContext cxt)
 {
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(job->id)};
 	bool		found = false;
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT source_table::oid, change_table::oid, where_clause, "
-							  "chunk_size, last_key, state, run_as::oid FROM sequin_cdc.backfills WHERE id = $1",
+	if (SPI_execute_with_args("SELECT " SEQUIN_CDC_BACKFILL_JOB_COLUMNS
+							  " FROM " SEQUIN_CDC_BACKFILLS_QUALIFIED " WHERE id = $1",
 							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
@@ -232,21 +164,21 @@ load_job(BackfillJob *job, MemoryContext cxt)
 		TupleDesc	d = SPI_tuptable->tupdesc;
 		bool		isnull;
 		Datum		v;
-		char	   *state = SPI_getvalue(t, d, 6);
+		char	   *state = SPI_getvalue(t, d, Anum_backfill_job_state);
 
-		if (strcmp(state, "running") == 0)
+		if (strcmp(state, SEQUIN_CDC_BACKFILL_RUNNING) == 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(cxt);
 
 			found = true;
-			job->relid = DatumGetObjectId(SPI_getbinval(t, d, 1, &isnull));
-			v = SPI_getbinval(t, d, 2, &isnull);
+			job->relid = DatumGetObjectId(SPI_getbinval(t, d, Anum_backfill_job_source_table, &isnull));
+			v = SPI_getbinval(t, d, Anum_backfill_job_change_table, &isnull);
 			job->change_table = isnull ? InvalidOid : DatumGetObjectId(v);
-			v = SPI_getbinval(t, d, 3, &isnull);
+			v = SPI_getbinval(t, d, Anum_backfill_job_where_clause, &isnull);
 			job->where_clause = isnull ? NULL : TextDatumGetCString(v);
-			job->chunk_size = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
-			job->run_as = DatumGetObjectId(SPI_getbinval(t, d, 7, &isnull));
-			v = SPI_getbinval(t, d, 5, &isnull);
+			job->chunk_size = DatumGetInt32(SPI_getbinval(t, d, Anum_backfill_job_chunk_size, &isnull));
+			job->run_as = DatumGetObjectId(SPI_getbinval(t, d, Anum_backfill_job_run_as, &isnull));
+			v = SPI_getbinval(t, d, Anum_backfill_job_last_key, &isnull);
 			job->last_key = NULL;
 			job->nkeys = 0;
 			if (!isnull)
@@ -373,6 +305,7 @@ check_run_as(BackfillJob *job)
 				 errhint("Grant the role SELECT on the table again and start a new backfill with sequin_cdc.backfill().")));
 }
 
+/* Step 1 of a chunk: the low watermark, in a transaction of its own. */
 static void
 write_low_watermark(BackfillJob *job)
 {
@@ -588,28 +521,26 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 	return !done;
 }
 
+/*
+ * Take the session advisory lock of backfill id; false if another worker
+ * holds it.  Held until the worker exits.
+ */
 static bool
-take_lock(int64 id)
+backfill_take_lock(int64 id)
 {
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum((int32) id)};
-	bool		got = false;
-
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT pg_try_advisory_lock(" BACKFILL_LOCK_CLASS ", $1)",
-							  1, argtypes, args, NULL, false, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-	{
-		bool		isnull;
-
-		got = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	SPI_finish();
-	return got;
+	return DatumGetBool(DirectFunctionCall2(pg_try_advisory_lock_int4,
+											Int32GetDatum(BACKFILL_LOCK_CLASS),
+											Int32GetDatum((int32) id)));
 }
 
+/*
+ * Run a backfill to its end: wait for its row (backfill() may not have
+ * committed yet), make sure no other worker has it, then one low
+ * watermark and one chunk at a time until the table is read or the
+ * backfill is cancelled.
+ */
 static void
-run_backfill(BackfillJob *job, MemoryContext cxt)
+backfill_run(BackfillJob *job, MemoryContext cxt)
 {
 	bool		found = false;
 	bool		locked;
@@ -621,8 +552,8 @@ run_backfill(BackfillJob *job, MemoryContext cxt)
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (tries == 0)
-			locked = take_lock(job->id);
-		found = locked && load_job(job, cxt);
+			locked = backfill_take_lock(job->id);
+		found = locked && backfill_load_job(job, cxt);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		if (!locked)
@@ -655,29 +586,28 @@ run_backfill(BackfillJob *job, MemoryContext cxt)
 	ereport(LOG, (errmsg("sequin_cdc backfill %lld finished", (long long) job->id)));
 }
 
+/*
+ * Entry point of a backfill worker (bgw_extra: SequinWorkerArg).  An error
+ * fails the backfill: it is recorded in the row, its window is closed, and
+ * the worker exits; nothing restarts it.
+ */
 void
 sequin_cdc_backfill_main(Datum arg)
 {
-	BackfillWorkerArg a;
+	SequinWorkerArg a;
 	BackfillJob job;
 	MemoryContext cxt;
 
-	memcpy(&a, MyBgworkerEntry->bgw_extra, sizeof(a));
+	/* the bootstrap superuser; the table is read as run_as (write_chunk) */
+	a = sequin_cdc_worker_init();
 	memset(&job, 0, sizeof(job));
 	job.id = a.id;
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	/* the bootstrap superuser; the table is read as run_as (write_chunk) */
-	BackgroundWorkerInitializeConnectionByOid(a.dboid, InvalidOid, 0);
-	pgstat_report_appname("sequin_cdc backfill");
 	cxt = AllocSetContextCreate(TopMemoryContext, "sequin_cdc backfill",
 								ALLOCSET_DEFAULT_SIZES);
 
 	PG_TRY();
 	{
-		run_backfill(&job, cxt);
+		backfill_run(&job, cxt);
 	}
 	PG_CATCH();
 	{
@@ -699,9 +629,9 @@ sequin_cdc_backfill_main(Datum arg)
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		SPI_connect();
-		SPI_execute_with_args("UPDATE sequin_cdc.backfills SET state = 'failed', "
+		SPI_execute_with_args("UPDATE " SEQUIN_CDC_BACKFILLS_QUALIFIED " SET state = 'failed', "
 							  "finished_at = now(), last_error = $2 "
-							  "WHERE id = $1 AND state = 'running'",
+							  "WHERE id = $1 AND state = '" SEQUIN_CDC_BACKFILL_RUNNING "'",
 							  2, argtypes, args, NULL, false, 0);
 		SPI_finish();
 		sequin_cdc_backfill_end_message(job.id);

@@ -13,7 +13,6 @@
 
 /* The watermark messages a backfill writes are in watermark.h. */
 extern void sequin_cdc_backfill_end_message(int64 id);
-extern void sequin_cdc_launch_backfill(int64 id, Oid dboid);
 extern bool sequin_cdc_launch_pending_backfills(const char *slot_name);
 extern PGDLLEXPORT void sequin_cdc_backfill_main(Datum arg);
 

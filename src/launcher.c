@@ -11,8 +11,10 @@
  * alone.  Crashes of any process restart the whole server, and this
  * launcher (a static worker) with it, which restarts every capture worker.
  *
- * The launcher sleeps on its latch; create_slot() and worker exits (through
- * bgw_notify_pid) wake it, and a one-second timeout catches the rest.
+ * The launcher sleeps on its latch; create_slot() (at commit) and worker
+ * exits (through bgw_notify_pid) wake it, and a one-second timeout catches
+ * the rest.  It starts workers with sequin_cdc_start_worker (workers.c) and
+ * keeps their handles; the slot entries themselves are in shmem.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,7 +25,6 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/slot.h"
-#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
@@ -33,75 +34,69 @@
 #include "utils/timestamp.h"
 
 #include "sequin_cdc.h"
+#include "workers.h"
 
 /* Launcher-local: the handle of the worker serving each shared entry */
-static BackgroundWorkerHandle **worker_handles = NULL;
+static BackgroundWorkerHandle **launcher_handles = NULL;
 
-void
-sequin_cdc_register_launcher(void)
-{
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = 1;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "sequin_cdc");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "sequin_cdc_launcher_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "sequin_cdc launcher");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "sequin_cdc launcher");
-	RegisterBackgroundWorker(&bgw);
-}
-
-static void
-launcher_detach(int code, Datum arg)
-{
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	SequinCdcShared_state->launcher_latch = NULL;
-	SequinCdcShared_state->launcher_pid = 0;
-	LWLockRelease(SequinCdcShared_state->lock);
-}
-
+/* Does the worker this launcher started for entry idx still run? */
 static bool
-worker_alive(int idx)
+launcher_worker_alive(int idx)
 {
 	pid_t		pid;
 
-	if (worker_handles[idx] == NULL)
+	if (launcher_handles[idx] == NULL)
 		return false;
-	return GetBackgroundWorkerPid(worker_handles[idx], &pid) != BGWH_STOPPED;
+	return GetBackgroundWorkerPid(launcher_handles[idx], &pid) != BGWH_STOPPED;
 }
 
+/* Start the capture worker of entry idx, keeping its handle. */
 static void
-start_worker(int idx, const char *slot_name, Oid dboid)
+launcher_start_capture(int idx, const char *slot_name, Oid dboid)
 {
-	BackgroundWorker bgw;
+	if (launcher_handles[idx])
+		pfree(launcher_handles[idx]);
+	launcher_handles[idx] = NULL;
+	(void) sequin_cdc_start_worker(SEQUIN_WORKER_CAPTURE, idx, dboid, slot_name,
+								   &launcher_handles[idx]);
+}
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "sequin_cdc");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "sequin_cdc_capture_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "sequin_cdc capture %s", slot_name);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "sequin_cdc capture");
-	bgw.bgw_main_arg = Int32GetDatum(idx);
-	bgw.bgw_notify_pid = MyProcPid;
-	strlcpy(bgw.bgw_extra, slot_name, BGW_EXTRALEN);
+/*
+ * The shared entry of slot "name" of database dboid, assigned now if it
+ * has none yet; -1 if every entry is taken.  Caller holds the lock.
+ */
+static int
+launcher_entry_for(const char *name, Oid dboid)
+{
+	SequinCdcShared *sh = SequinCdcShared_state;
+	int			idx = sequin_cdc_find_slot_entry(name);
 
-	if (worker_handles[idx])
-		pfree(worker_handles[idx]);
-	worker_handles[idx] = NULL;
-	if (!RegisterDynamicBackgroundWorker(&bgw, &worker_handles[idx]))
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the capture worker for replication slot \"%s\"", slot_name),
-				 errhint("Raise max_worker_processes: sequin_cdc needs one worker per slot plus its launcher.")));
+	if (idx >= 0 && sh->slots[idx].dboid != dboid)
+	{
+		/* same name, new slot in another database: start over */
+		memset(&sh->slots[idx], 0, sizeof(CaptureSlotShared));
+		idx = -1;
+	}
+	if (idx >= 0)
+		return idx;
+	for (int j = 0; j < sh->nslots; j++)
+	{
+		if (!sh->slots[j].in_use)
+		{
+			memset(&sh->slots[j], 0, sizeof(CaptureSlotShared));
+			sh->slots[j].in_use = true;
+			namestrcpy(&sh->slots[j].slot_name, name);
+			sh->slots[j].dboid = dboid;
+			return j;
+		}
+	}
+	return -1;
 }
 
 /*
  * One pass: match the sequin_cdc slots in shared memory with worker
- * entries, start what is missing, forget what is gone.
+ * entries, start what is missing (at most once per restart_delay per
+ * slot), forget what is gone.
  */
 static void
 launcher_scan(void)
@@ -131,30 +126,9 @@ launcher_scan(void)
 		strlcpy(name, NameStr(s->data.name), NAMEDATALEN);
 		dboid = s->data.database;
 
-		idx = sequin_cdc_find_slot_entry(name);
-		if (idx >= 0 && sh->slots[idx].dboid != dboid)
-		{
-			/* same name, new slot in another database: start over */
-			memset(&sh->slots[idx], 0, sizeof(CaptureSlotShared));
-			idx = -1;
-		}
+		idx = launcher_entry_for(name, dboid);
 		if (idx < 0)
-		{
-			for (int j = 0; j < sh->nslots; j++)
-			{
-				if (!sh->slots[j].in_use)
-				{
-					idx = j;
-					break;
-				}
-			}
-			if (idx < 0)
-				continue;		/* cannot happen: as many entries as slots */
-			memset(&sh->slots[idx], 0, sizeof(CaptureSlotShared));
-			sh->slots[idx].in_use = true;
-			namestrcpy(&sh->slots[idx].slot_name, name);
-			sh->slots[idx].dboid = dboid;
-		}
+			continue;			/* cannot happen: as many entries as slots */
 		seen[idx] = true;
 		e = &sh->slots[idx];
 
@@ -164,13 +138,13 @@ launcher_scan(void)
 		 */
 		if (e->pid != 0 && e->state == CAPTURE_WAITING && e->latch)
 			SetLatch(e->latch); /* its configuration may have arrived */
-		if (e->drop_requested || e->pid != 0 || worker_alive(idx))
+		if (e->drop_requested || e->pid != 0 || launcher_worker_alive(idx))
 			continue;
 		if (e->last_start != 0 &&
 			!TimestampDifferenceExceeds(e->last_start, now, sequin_cdc_restart_delay))
 			continue;
 		e->last_start = now;
-		start_worker(idx, name, dboid);
+		launcher_start_capture(idx, name, dboid);
 	}
 
 	/* entries whose slot is gone */
@@ -178,8 +152,8 @@ launcher_scan(void)
 	{
 		if (sh->slots[i].in_use && !seen[i])
 		{
-			if (worker_alive(i))
-				TerminateBackgroundWorker(worker_handles[i]);
+			if (launcher_worker_alive(i))
+				TerminateBackgroundWorker(launcher_handles[i]);
 			else if (!sh->slots[i].drop_requested)
 				memset(&sh->slots[i], 0, sizeof(CaptureSlotShared));
 		}
@@ -189,6 +163,10 @@ launcher_scan(void)
 	pfree(seen);
 }
 
+/*
+ * The launcher's main loop: scan, then sleep until woken or a second has
+ * passed (less when restart_delay is shorter).
+ */
 void
 sequin_cdc_launcher_main(Datum arg)
 {
@@ -196,15 +174,10 @@ sequin_cdc_launcher_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	worker_handles = MemoryContextAllocZero(TopMemoryContext,
-											sizeof(BackgroundWorkerHandle *) *
-											SequinCdcShared_state->nslots);
-
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	SequinCdcShared_state->launcher_latch = MyLatch;
-	SequinCdcShared_state->launcher_pid = MyProcPid;
-	LWLockRelease(SequinCdcShared_state->lock);
-	before_shmem_exit(launcher_detach, (Datum) 0);
+	launcher_handles = MemoryContextAllocZero(TopMemoryContext,
+											  sizeof(BackgroundWorkerHandle *) *
+											  SequinCdcShared_state->nslots);
+	sequin_cdc_launcher_attach();
 
 	pgstat_report_appname("sequin_cdc launcher");
 	ereport(LOG, (errmsg("sequin_cdc launcher started")));

@@ -32,6 +32,11 @@
 #     not yet visible to the chunk's snapshot (here: held in a synchronous
 #     replication wait) must not leave a stale read row as the key's last
 #     entry.
+# (i) the start of a backfill's worker waits for the commit, and only for
+#     it: not started when the subtransaction that asked is rolled back
+#     (also after it was released into a parent that is rolled back),
+#     PREPARE TRANSACTION refused, started when a released subtransaction's
+#     parent commits.
 # Timings and rates are printed with note().  BACKFILL_TESTS=a,c2,...
 # runs only some parts.
 
@@ -51,10 +56,11 @@ use Time::HiRes qw(time usleep);
 my $node = SequinNode::new_node(
 	'backfill',
 	shared_buffers => '128MB',
+	max_prepared_transactions => '2',
 	log_statement => 'none');
 $node->start;
 
-my @tables = qw(race cx r1 r2 r3 d1 d2 ef tr tf lt vis);
+my @tables = qw(race cx r1 r2 r3 d1 d2 ef tr tf lt vis cq);
 my $create = '';
 for my $t (@tables)
 {
@@ -744,6 +750,66 @@ if (want('h'))
 		   WHERE source_table_name = 'vis' AND record_pk = '500' ORDER BY seq}));
 	is(rebuild_mismatches('vis'), '0',
 		'visibility: the last entry of the updated key is its new row, not the stale read');
+}
+
+# ---------------------------------------------------------------------------
+# (i) the commit-time start of a backfill worker (workers.c's queue)
+# ---------------------------------------------------------------------------
+if (want('i'))
+{
+	fill('cq', 100);
+	# A backfill row that no capture worker restarts (its slot is not one),
+	# so that only _start_backfill() can start its worker.
+	my $bf = $node->safe_psql('postgres', q{
+		INSERT INTO sequin_cdc.backfills (source_table, slot_name, chunk_size, run_as)
+		VALUES ('cq', 'cq_unserved', 10, current_user::regrole) RETURNING id});
+	my $untouched = sub {
+		my ($what) = @_;
+		usleep(2_000_000);	# a worker would have read all 10 chunks by now
+		my $s = bf_stat($bf);
+		is("$s->{state}/$s->{chunks}/" . (backfill_pid() eq '' ? 0 : 1), 'running/0/0',
+			"commit queue: $what: no worker ran (state/chunks/workers)");
+	};
+
+	$node->safe_psql('postgres', qq{
+		BEGIN;
+		SAVEPOINT s;
+		SELECT sequin_cdc._start_backfill($bf);
+		ROLLBACK TO SAVEPOINT s;
+		COMMIT;});
+	$untouched->('asked in a subtransaction rolled back');
+
+	$node->safe_psql('postgres', qq{
+		BEGIN;
+		SAVEPOINT a;
+		SAVEPOINT b;
+		SELECT sequin_cdc._start_backfill($bf);
+		RELEASE SAVEPOINT b;
+		ROLLBACK TO SAVEPOINT a;
+		COMMIT;});
+	$untouched->('asked in a released subtransaction whose parent is rolled back');
+
+	my ($rc, $out, $err) = $node->psql('postgres', qq{
+		BEGIN;
+		SELECT sequin_cdc._start_backfill($bf);
+		PREPARE TRANSACTION 'cq';});
+	like($err, qr/cannot PREPARE a transaction that has started a backfill/,
+		'commit queue: PREPARE TRANSACTION is refused');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'), '0',
+		'commit queue: nothing was prepared');
+	$untouched->('PREPARE refused');
+
+	$node->safe_psql('postgres', qq{
+		BEGIN;
+		SAVEPOINT s;
+		SELECT sequin_cdc._start_backfill($bf);
+		RELEASE SAVEPOINT s;
+		COMMIT;});
+	is(bf_wait($bf, 60), 'completed',
+		'commit queue: asked in a released subtransaction, started at commit');
+	is(bf_stat($bf)->{rows}, '100', 'commit queue: the worker read every row');
+	ok(SequinNode::wait_for_capture($node, 'postgres', '60s'), 'commit queue: wait_for_capture');
+	is(reads('cq'), '100', 'commit queue: one read row per row');
 }
 
 is($node->safe_psql('postgres', q{SELECT errors FROM sequin_cdc.pg_stat_capture WHERE slot_name = 'bf'}),

@@ -1,0 +1,375 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		The shared state: one entry per capture slot, the registry of
+ *		running sink workers, the launcher's latch, and the replication
+ *		origins that mark our own writes.
+ *
+ * Everything here is sized at server start (one slot entry per
+ * max_replication_slots, SEQUIN_CDC_MAX_SINKS sink entries) and protected
+ * by one LWLock: it is touched when workers start, stop or are woken, never
+ * per change, except sequin_cdc_is_own_origin, which reads without it.
+ * The launcher decides which slot gets which entry (launcher.c); the
+ * functions here are the small operations the other processes need.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "miscadmin.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "shmem.h"
+
+#define SHMEM_NAME "sequin_cdc"
+
+SequinCdcShared *SequinCdcShared_state = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Bytes of the shared state: the fixed part and one entry per slot. */
+static Size
+shmem_size(void)
+{
+	return add_size(offsetof(SequinCdcShared, slots),
+					mul_size(max_replication_slots, sizeof(CaptureSlotShared)));
+}
+
+/* Ask the postmaster for our memory and our LWLock. */
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(shmem_size());
+	RequestNamedLWLockTranche(SHMEM_NAME, 1);
+}
+
+/* Create (postmaster) or attach to (EXEC_BACKEND children) the state. */
+static void
+shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	SequinCdcShared_state = ShmemInitStruct(SHMEM_NAME, shmem_size(), &found);
+	if (!found)
+	{
+		memset(SequinCdcShared_state, 0, shmem_size());
+		SequinCdcShared_state->lock = &(GetNamedLWLockTranche(SHMEM_NAME))->lock;
+		SequinCdcShared_state->nslots = max_replication_slots;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Install the shared-memory hooks; _PG_init calls this at preload only. */
+void
+sequin_cdc_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+}
+
+/*
+ * Every SQL entry point starts here: without the preload there is no shared
+ * state and no launcher, and the user needs to know how to fix that.  The
+ * state exists exactly when the library was in shared_preload_libraries,
+ * since only then are the hooks above installed.
+ */
+void
+sequin_cdc_require_preload(void)
+{
+	if (SequinCdcShared_state == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sequin_cdc must be loaded via shared_preload_libraries"),
+				 errhint("Add sequin_cdc to shared_preload_libraries in postgresql.conf, set wal_level = logical, and restart the server.")));
+}
+
+/* ----------------------------------------------------------------
+ * Slot entries
+ * ----------------------------------------------------------------
+ */
+
+/* Index of the shared entry for a slot, or -1.  Caller holds the lock. */
+int
+sequin_cdc_find_slot_entry(const char *slot_name)
+{
+	for (int i = 0; i < SequinCdcShared_state->nslots; i++)
+	{
+		CaptureSlotShared *e = &SequinCdcShared_state->slots[i];
+
+		if (e->in_use && strcmp(NameStr(e->slot_name), slot_name) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * drop_slot() is about to drop a slot: mark its entry so that the launcher
+ * starts no worker for it, and wake the worker serving it so that it
+ * releases the slot.  Returns the entry's index, or -1 if it has none.
+ */
+int
+sequin_cdc_request_slot_drop(const char *slot_name)
+{
+	int			idx;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	idx = sequin_cdc_find_slot_entry(slot_name);
+	if (idx >= 0)
+	{
+		CaptureSlotShared *e = &SequinCdcShared_state->slots[idx];
+
+		e->drop_requested = true;
+		if (e->latch)
+			SetLatch(e->latch);
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	return idx;
+}
+
+/* The drop failed: the launcher may serve the slot again. */
+void
+sequin_cdc_cancel_slot_drop(int idx)
+{
+	if (idx < 0)
+		return;
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	SequinCdcShared_state->slots[idx].drop_requested = false;
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+/*
+ * The slot is dropped: free its entry, unless the launcher has already
+ * given the entry to another slot meanwhile.
+ */
+void
+sequin_cdc_release_slot_entry(int idx, const char *slot_name)
+{
+	if (idx < 0)
+		return;
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	if (strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name), slot_name) == 0)
+		memset(&SequinCdcShared_state->slots[idx], 0, sizeof(CaptureSlotShared));
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+/*
+ * A palloc'd copy of every slot entry (in use or not), taken under the
+ * lock so that each entry is consistent; *nslots is set to their number.
+ */
+CaptureSlotShared *
+sequin_cdc_copy_slot_entries(int *nslots)
+{
+	int			n = SequinCdcShared_state->nslots;
+	CaptureSlotShared *copy = palloc(sizeof(CaptureSlotShared) * n);
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	memcpy(copy, SequinCdcShared_state->slots, sizeof(CaptureSlotShared) * n);
+	LWLockRelease(SequinCdcShared_state->lock);
+	*nslots = n;
+	return copy;
+}
+
+/* ----------------------------------------------------------------
+ * The launcher
+ * ----------------------------------------------------------------
+ */
+
+/* At launcher exit: nobody is left to wake. */
+static void
+shmem_launcher_detach(int code, Datum arg)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	SequinCdcShared_state->launcher_latch = NULL;
+	SequinCdcShared_state->launcher_pid = 0;
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+/* Publish this process's latch as the launcher's, until it exits. */
+void
+sequin_cdc_launcher_attach(void)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	SequinCdcShared_state->launcher_latch = MyLatch;
+	SequinCdcShared_state->launcher_pid = MyProcPid;
+	LWLockRelease(SequinCdcShared_state->lock);
+	before_shmem_exit(shmem_launcher_detach, (Datum) 0);
+}
+
+/* Make the launcher scan the slots now rather than at its next timeout. */
+void
+sequin_cdc_wake_launcher(void)
+{
+	Latch	   *latch;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	latch = SequinCdcShared_state->launcher_latch;
+	LWLockRelease(SequinCdcShared_state->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+/* ----------------------------------------------------------------
+ * Replication origins
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Does a change come from one of our own capture workers?  Their writes
+ * (change rows) carry the worker's replication origin; dropping them at
+ * decode time keeps them out of every slot's reorder buffer.  Called for
+ * every decoded record, so it reads without the lock: an origin id is a
+ * single aligned 16-bit store.
+ */
+bool
+sequin_cdc_is_own_origin(RepOriginId origin)
+{
+	if (origin == InvalidRepOriginId || SequinCdcShared_state == NULL)
+		return false;
+	for (int i = 0; i < SequinCdcShared_state->nslots; i++)
+	{
+		if (SequinCdcShared_state->slots[i].origin == origin)
+			return true;
+	}
+	return false;
+}
+
+/* The name of the replication origin of a slot's capture worker. */
+void
+sequin_cdc_origin_name(const char *slot_name, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s", SEQUIN_CDC_ORIGIN_PREFIX, slot_name);
+}
+
+/* ----------------------------------------------------------------
+ * Sink registry
+ * ----------------------------------------------------------------
+ */
+
+/* At sink worker exit: give up its registry entry. */
+static void
+shmem_sink_detach_cb(int code, Datum arg)
+{
+	sequin_cdc_sink_detach(DatumGetInt32(arg));
+}
+
+/*
+ * Register this process as the worker of a sink; -1 when another live
+ * worker has it or the table is full.  Detached at process exit.
+ */
+int
+sequin_cdc_sink_attach(int64 sink_id)
+{
+	int			idx = -1;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == MyDatabaseId && s->sink_id == sink_id)
+		{
+			LWLockRelease(SequinCdcShared_state->lock);
+			return -1;
+		}
+		if (!s->in_use && idx < 0)
+			idx = i;
+	}
+	if (idx >= 0)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[idx];
+
+		s->in_use = true;
+		s->dboid = MyDatabaseId;
+		s->sink_id = sink_id;
+		s->pid = MyProcPid;
+		s->latch = MyLatch;
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	if (idx >= 0)
+		before_shmem_exit(shmem_sink_detach_cb, Int32GetDatum(idx));
+	return idx;
+}
+
+/* Free entry idx of the registry, if this process still holds it. */
+void
+sequin_cdc_sink_detach(int idx)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	if (SequinCdcShared_state->sinks[idx].pid == MyProcPid)
+		memset(&SequinCdcShared_state->sinks[idx], 0, sizeof(SinkShared));
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
+/* Does a worker run for this sink of that database? */
+bool
+sequin_cdc_sink_running(Oid dboid, int64 sink_id)
+{
+	bool		running = false;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+			running = true;
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	return running;
+}
+
+/*
+ * Stop the worker of a sink (SIGTERM), or wake it (its latch); false if
+ * none runs.  Never throws: it runs at commit (workers.c).
+ */
+bool
+sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop)
+{
+	pid_t		pid = 0;
+
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+		{
+			pid = s->pid;
+			if (!stop && s->latch)
+				SetLatch(s->latch);
+		}
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+	if (pid != 0 && stop)
+		(void) kill(pid, SIGTERM);
+	return pid != 0;
+}
+
+/* Wake the sink workers of a database: capture just committed rows. */
+void
+sequin_cdc_wake_sinks(Oid dboid)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
+	{
+		SinkShared *s = &SequinCdcShared_state->sinks[i];
+
+		if (s->in_use && s->dboid == dboid && s->latch)
+			SetLatch(s->latch);
+	}
+	LWLockRelease(SequinCdcShared_state->lock);
+}
