@@ -64,6 +64,7 @@
 #include "utils/uuid.h"
 
 #include "backfill.h"
+#include "catalog.h"
 #include "change_buffer.h"
 #include "change_writer.h"
 #include "compat.h"
@@ -210,15 +211,15 @@ capture_load_config(CaptureConfig *cfg, MemoryContext cxt)
 		namestrcpy(&n, cfg->slot_name);
 		args[0] = NameGetDatum(&n);
 		SPI_connect();
-		if (SPI_execute_with_args("SELECT s.publication::text, d.id "
-								  "FROM sequin_cdc.slots s, sequin_cdc.database_identity d "
-								  "WHERE s.slot_name = $1",
+		if (SPI_execute_with_args(SEQUIN_CDC_CAPTURE_CONFIG_QUERY,
 								  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
 			SPI_processed == 1)
 		{
 			bool		isnull;
-			Datum		pub = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+			Datum		pub = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											Anum_capture_config_publication, &isnull);
+			Datum		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   Anum_capture_config_database_id, &isnull);
 
 			cfg->publication = MemoryContextStrdup(cxt, TextDatumGetCString(pub));
 			memcpy(&cfg->database_id, DatumGetUUIDP(id), sizeof(pg_uuid_t));

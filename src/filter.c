@@ -143,6 +143,22 @@ find_user_code(Node *node, UserCodeContext *cxt)
 	return expression_tree_walker(node, find_user_code, (void *) cxt);
 }
 
+/*
+ * expression_tree_walker callback: a whole-row reference or a system
+ * column.  A filter may not use them: the decoder resolves columns without
+ * a range table entry (see the header comment), and the decoded tuple has
+ * no meaningful system columns.
+ */
+static bool
+uses_row_or_system_column(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var) && ((Var *) node)->varattno <= 0)
+		return true;
+	return expression_tree_walker(node, uses_row_or_system_column, context);
+}
+
 /* Point syntax errors into the filter text, not the calling statement. */
 static void
 filter_error_callback(void *arg)
@@ -279,6 +295,8 @@ parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 		bad_condition(kind, text, "Aggregates, window functions and set-returning functions are not allowed.");
 	if (find_user_code(expr, &ucxt))
 		bad_condition(kind, text, ucxt.detail);
+	if (kind == CONDITION_FILTER && uses_row_or_system_column(expr, NULL))
+		bad_condition(kind, text, "It refers to the whole row or to a system column; a filter may use the table's own columns only.");
 	if (kind == CONDITION_FILTER && contain_mutable_functions(expr))
 		bad_condition(kind, text, "It calls a function or operator that is not immutable (such as now() or random()); the filter is evaluated when the change is decoded, so it must depend only on the row.");
 	if (kind == CONDITION_BACKFILL && contain_volatile_functions(expr))

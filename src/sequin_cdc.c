@@ -7,7 +7,7 @@
  * capture workers are background workers, and the shared state they share
  * with the SQL functions (shmem.c) is sized at server start.  The same
  * library is also the logical decoding output plugin of the slots it
- * creates (see decode.c), which is why loading it late is refused with a
+ * creates (see output_plugin.c), which is why loading it late is refused with a
  * hint (sequin_cdc_require_preload) instead of half-working.
  *
  *-------------------------------------------------------------------------

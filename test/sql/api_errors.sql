@@ -118,6 +118,9 @@ SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'n
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'id IN (SELECT 1)');
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'count(*) > 1');
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'id');
+-- the decoder resolves columns only: no whole-row reference, no system column
+SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'ae_t IS NOT NULL');
+SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'xmin <> ''0''');
 -- sources that must not be captured
 SELECT sequin_cdc.add_change_retention('public.ae_changes', 'public.ae_changes');
 SELECT sequin_cdc.add_change_retention('sequin_cdc.changes', 'public.ae_changes');
