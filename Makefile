@@ -58,7 +58,7 @@ HAVE_OUTPUT_PLUGIN_LIBRARIES = $(shell '$(bindir)/postgres' --describe-config 2>
 installcheck: regress-skip-note
 .PHONY: regress-skip-note
 regress-skip-note:
-	@$(if $(and $(filter file,$(origin REGRESS)),$(strip $(REGRESS_SKIPPED))),echo "NOTE: skipping regression tests $(sort $(REGRESS_SKIPPED)):$(if $(HAVE_PG_CRON),, no pg_cron;)$(if $(HAVE_PG_PARTMAN),, no pg_partman;) not installed for this server",true)
+	@$(if $(and $(filter file,$(origin REGRESS)),$(strip $(REGRESS_SKIPPED))),echo "NOTE: skipping regression tests $(sort $(REGRESS_SKIPPED)):$(if $(HAVE_PG_CRON),, pg_cron)$(if $(HAVE_PG_PARTMAN),, pg_partman) not installed for this server",true)
 
 # every object depends on every header (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard src/*.h)
