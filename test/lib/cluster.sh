@@ -64,7 +64,9 @@ have_pg_cron() { [[ -f "$("$PG_CONFIG" --pkglibdir)/pg_cron.so" ]]; }
 have_pg_partman() { [[ -f "$("$PG_CONFIG" --sharedir)/extension/pg_partman.control" ]]; }
 # Servers before Debian's 15.19 refuse to start when postgresql.conf names it.
 have_output_plugin_libraries() {
-    "$PG_BINDIR/postgres" --describe-config 2>/dev/null | grep -q '^output_plugin_libraries[[:space:]]'
+    local desc
+    desc="$("$PG_BINDIR/postgres" --describe-config 2>/dev/null)" || return 1
+    [[ "$desc" =~ (^|$'\n')output_plugin_libraries[[:space:]] ]]
 }
 
 # ---------------------------------------------------------------------------
