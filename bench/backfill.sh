@@ -86,12 +86,9 @@ SELECT g, 1 + g % 20000,
        timestamptz '2024-01-01 00:00+00' + g * interval '1 minute'
   FROM generate_series(1, $ROWS) g;
 VACUUM (ANALYZE) orders;
-SELECT sequin_cdc.create_change_table('public.bench_changes');
 SELECT sequin_cdc.create_change_table('public.bench_diy');
-SELECT sequin_cdc.create_publication('bench_pub', ARRAY['orders']::regclass[]);
 SQL
-psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
-psql_bench -c "SELECT sequin_cdc.add_change_retention('orders', 'public.bench_changes', slot => 'bench_slot')" >/dev/null
+bench_capture orders public.bench_changes
 psql_bench -c "CHECKPOINT"
 table_size=$(psql_bench -c "SELECT pg_size_pretty(pg_total_relation_size('orders'))")
 log "loaded in $(fmt "$(elapsed "$load_start" "$(date +%s.%N)")") s ($table_size)"

@@ -10,6 +10,7 @@
 #                     WORK_DIR (a temp dir the run user may write); everything
 #                     is stopped and removed at exit
 #   psql_bench ARGS   psql -At on that database, as the run user
+#   bench_capture SOURCE CHANGE_TABLE   slot bench_slot capturing SOURCE
 #   bench_bg VAR CMD...  start CMD in the background as the run user; its pid
 #                     goes to VAR and it is killed at exit if still running
 #   bench_stop PID    stop a background command now
@@ -88,6 +89,15 @@ bench_stop() {
         kill "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     fi
+}
+
+# bench_capture SOURCE CHANGE_TABLE: capture SOURCE into a new change table
+# (publication bench_pub, slot bench_slot, a retention rule).
+bench_capture() {
+    psql_bench -c "SELECT sequin_cdc.create_change_table('$2')" \
+        -c "SELECT sequin_cdc.create_publication('bench_pub', ARRAY['$1']::regclass[])" >/dev/null
+    psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
+    psql_bench -c "SELECT sequin_cdc.add_change_retention('$1', '$2', slot => 'bench_slot')" >/dev/null
 }
 
 machine_summary() {

@@ -81,11 +81,8 @@ log "filled in $(fmt "$(elapsed "$fill_start" "$fill_end")") s; $table_size; $ex
 psql_bench <<'SQL' >/dev/null
 CREATE TABLE bench_src (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0);
 ALTER TABLE bench_src REPLICA IDENTITY FULL;
-SELECT sequin_cdc.create_change_table('public.bench_cap');
-SELECT sequin_cdc.create_publication('bench_pub', ARRAY['bench_src']::regclass[]);
 SQL
-psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
-psql_bench -c "SELECT sequin_cdc.add_change_retention('bench_src', 'public.bench_cap', slot => 'bench_slot')" >/dev/null
+bench_capture bench_src public.bench_cap
 
 cat >"$WORK_DIR/load.sql" <<'SQL'
 \set id random(1, 100000)

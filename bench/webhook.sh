@@ -120,11 +120,8 @@ psql_bench <<'SQL' >/dev/null
 CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, status text, amount numeric(10,2),
                      note text, created_at timestamptz DEFAULT now());
 ALTER TABLE orders REPLICA IDENTITY FULL;
-SELECT sequin_cdc.create_change_table('public.order_changes');
-SELECT sequin_cdc.create_publication('bench_pub', ARRAY['orders']::regclass[]);
 SQL
-psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
-psql_bench -c "SELECT sequin_cdc.add_change_retention('orders', 'public.order_changes', slot => 'bench_slot')" >/dev/null
+bench_capture orders public.order_changes
 start_receiver "$WORK_DIR/lat.log" seqs
 psql_bench -c "SELECT sequin_cdc.create_webhook_sink('lat', 'http://127.0.0.1:$RECV_PORT/', 'public.order_changes')" >/dev/null
 sleep 1

@@ -88,18 +88,7 @@ sub sink_stat
 		"SELECT $col FROM sequin_cdc.pg_stat_sinks WHERE name = '$name'");
 }
 
-sub wait_until
-{
-	my ($what, $cond, $timeout) = @_;
-	my $deadline = time() + ($timeout // 60);
-	while (time() < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	fail("timed out waiting: $what");
-	return 0;
-}
+sub wait_until { return SequinNode::wait_until(@_); }
 
 wait_until('sink worker', sub { sink_stat('worker_pid') ne '' });
 is(sink_stat('endpoint'), "http://127.0.0.1:$port/hook",

@@ -49,18 +49,7 @@ sub received
 	return map { @{ decode_json($_->{body})->{data} } } $receiver->requests;
 }
 
-sub wait_until
-{
-	my ($what, $cond, $timeout) = @_;
-	my $deadline = time() + ($timeout // 60);
-	while (time() < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(50_000);
-	}
-	fail("timed out waiting: $what");
-	return 0;
-}
+sub wait_until { return SequinNode::wait_until(@_); }
 
 # ---------------------------------------------------------------------------
 # Server (pg_cron in this database)

@@ -152,8 +152,7 @@ sub serve
 				last CONN unless sysread($c, $buf, 262144, length $buf);
 			}
 			my $head = substr($buf, 0, $hend + 4, '');
-			my ($len) = $head =~ /^content-length:\s*(\d+)/mi;
-			$len //= 0;
+			my $len = $head =~ /^content-length:[ \t]*(\d+)/mi ? $1 : 0;
 			while (length $buf < $len)
 			{
 				last CONN unless sysread($c, $buf, 262144, length $buf);
@@ -168,8 +167,9 @@ sub serve
 				close $mf;
 				($status, $delay) = ($1, $2) if $m =~ /^(\d+)\s+([\d.]+)/;
 			}
-			my @hdr = map { $head =~ /^\Q$_\E:[ \t]*([^\r\n]*)/mi ? $1 : '' }
-			  qw(idempotency-key authorization content-type);
+			my %h;
+			$h{ lc $1 } = $2 while $head =~ /^([\w-]+):[ \t]*([^\r\n]*)/mg;
+			my @hdr = map { $h{$_} // '' } qw(idempotency-key authorization content-type);
 			my $last;
 			if ($self->{seqs})
 			{

@@ -180,6 +180,21 @@ sub poll_until
 	return 0;
 }
 
+# Call $cond every 20 ms until it returns true (then true), or fail the
+# test "timed out waiting: $what" after $timeout seconds (default 60).
+sub wait_until
+{
+	my ($what, $cond, $timeout) = @_;
+	my $deadline = time() + ($timeout // 60);
+	while (time() < $deadline)
+	{
+		return 1 if $cond->();
+		usleep(20_000);
+	}
+	fail("timed out waiting: $what");
+	return 0;
+}
+
 # pid of the capture worker of $slot, or '' when none runs (or the server
 # is restarting).
 sub worker_pid
