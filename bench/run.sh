@@ -514,7 +514,7 @@ phase_memory() {
         label="$size"
         # ~0.7 kB per row: source, change rows, indexes and WAL
         need=$((size * 7 / 10 / 1024 + 4096))
-        avail="$(df -Pm --output=avail "$SEQUIN_CLUSTER_DIR" | tail -n 1)"
+        avail="$(df -m --output=avail "$SEQUIN_CLUSTER_DIR" | tail -n 1)"
         if ((avail < need)); then
             note "memory: skipping $size rows: $avail MB free, about $need MB needed"
             continue
@@ -577,7 +577,7 @@ machine_facts() {
     echo "CPU:             $(lscpu 2>/dev/null | perl -ne 'if (/^Model name:\s*(.*)/) { print $1; last }')"
     echo "RAM:             $(perl -ne 'printf "%.1f GiB", $1 / 1048576 if /^MemTotal:\s+(\d+)/' /proc/meminfo)"
     echo "kernel:          $(uname -sr)"
-    echo "disk (cluster):  $(df -Ph --output=source,avail,size "$SEQUIN_CLUSTER_DIR" | tail -n 1 | perl -ane 'print "$F[0], $F[1] free of $F[2]"')"
+    echo "disk (cluster):  $(df -h --output=source,avail,size "$SEQUIN_CLUSTER_DIR" | tail -n 1 | perl -ane 'print "$F[0], $F[1] free of $F[2]"')"
     echo "PostgreSQL:      $(sql -c "SELECT version()")"
     echo "sequin_cdc:      $(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'") (installed $(stat -c %y "$($PG_CONFIG --pkglibdir)/sequin_cdc.so" | cut -d. -f1))"
     echo "settings:        $(sql -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings
