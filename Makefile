@@ -32,9 +32,23 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK = -lcurl
 
-# pg_regress: inputs in test/sql, expected output in the top-level expected/
-REGRESS = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
-REGRESS_OPTS = --inputdir=test --load-extension=sequin_cdc
+# pg_regress: inputs in test/sql, expected output in the top-level expected/.
+# `make installcheck` runs them on a temporary server of pg_regress's own
+# (--temp-instance, started from the installed binaries, so `make install`
+# first), configured by test/lib/*.conf (--temp-config). Tests that need
+# pg_cron or pg_partman are left out, with a note, when the server has none.
+REGRESS_ALL = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
+REGRESS_NEED_PG_CRON = retention retention_partman
+REGRESS_NEED_PG_PARTMAN = retention_partman
+REGRESS_SKIPPED = $(if $(HAVE_PG_CRON),,$(REGRESS_NEED_PG_CRON)) $(if $(HAVE_PG_PARTMAN),,$(REGRESS_NEED_PG_PARTMAN))
+REGRESS = $(filter-out $(REGRESS_SKIPPED),$(REGRESS_ALL))
+REGRESS_CONF = test/lib/sequin.conf \
+	$(if $(HAVE_PG_CRON),test/lib/pg_cron.conf) \
+	$(if $(HAVE_OUTPUT_PLUGIN_LIBRARIES),test/lib/output_plugins.conf)
+REGRESS_OPTS = --inputdir=test --load-extension=sequin_cdc \
+	--temp-instance=./tmp_check_regress $(addprefix --temp-config=,$(REGRESS_CONF))
+ENCODING = UTF8
+NO_LOCALE = 1
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config
@@ -43,6 +57,18 @@ include $(PGXS)
 
 # PGXS runs TAP tests from ./t; ours live in test/t
 PROVE_TESTS = test/t/*.pl
+EXTRA_CLEAN = tmp_check_regress/
+
+# What the target server has (read when a test target runs, not at parse time).
+HAVE_PG_CRON = $(wildcard $(DESTDIR)$(pkglibdir)/pg_cron.so)
+HAVE_PG_PARTMAN = $(wildcard $(DESTDIR)$(datadir)/extension/pg_partman.control)
+HAVE_OUTPUT_PLUGIN_LIBRARIES = $(shell '$(bindir)/postgres' --describe-config 2>/dev/null | grep '^output_plugin_libraries[[:space:]]')
+
+# Say which regression tests are left out, and why (unless REGRESS was given).
+installcheck: regress-skip-note
+.PHONY: regress-skip-note
+regress-skip-note:
+	@$(if $(and $(filter file,$(origin REGRESS)),$(strip $(REGRESS_SKIPPED))),echo "NOTE: skipping regression tests $(sort $(REGRESS_SKIPPED)):$(if $(HAVE_PG_CRON),, pg_cron)$(if $(HAVE_PG_PARTMAN),, pg_partman) not installed for this server",true)
 
 # every object depends on every header (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard src/*.h)

@@ -4,8 +4,8 @@
 # change stream, against the DIY INSERT ... SELECT to_jsonb(t).
 #
 # Not a test: a measurement. It
-#   1. starts a throwaway cluster (test/lib/cluster.sh: start_cluster) with
-#      fsync on and synchronous commit;
+#   1. starts a throwaway cluster (bench/lib.sh) with fsync on and
+#      synchronous commit;
 #   2. loads an orders-like table of $ROWS rows (id bigint primary key,
 #      customer int, status text, amount numeric(12,2), note text,
 #      updated_at timestamptz), a slot and a retention rule orders ->
@@ -58,52 +58,11 @@ set -euo pipefail
 [[ "$CHUNK" =~ ^[0-9]+$ && "$CHUNK" -ge 1 ]] || { echo "CHUNK must be a number >= 1" >&2; exit 2; }
 [[ "$LOAD_TPS" =~ ^[0-9]+$ ]] || { echo "LOAD_TPS must be a number" >&2; exit 2; }
 
-# shellcheck source=test/lib/cluster.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../test/lib/cluster.sh"
-cd "$SEQUIN_REPO_TOP"
-
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_start bench "synchronous_commit = on"
 LOAD_PID=""
-WORK_DIR=""
-# shellcheck disable=SC2317  # invoked indirectly via trap
-cleanup() {
-    local rc=$?
-    stop_load
-    stop_cluster "$rc"
-    [[ -n "$WORK_DIR" ]] && rm -rf -- "$WORK_DIR"
-    exit "$rc"
-}
-# shellcheck disable=SC2317
-stop_load() {
-    if [[ -n "$LOAD_PID" ]] && kill -0 "$LOAD_PID" 2>/dev/null; then
-        kill "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
-    fi
-    LOAD_PID=""
-}
-trap cleanup EXIT
-
-ensure_deps
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    build_install
-fi
-pick_run_user
-
-start_cluster bench \
-    "fsync = on" \
-    "synchronous_commit = on" \
-    "shared_buffers = '1GB'" \
-    "max_wal_size = '8GB'" \
-    "checkpoint_timeout = '30min'"
-
-WORK_DIR="$(mktemp -d /tmp/sequin_cdc_bench.XXXXXX)"
-chown "$RUN_USER" "$WORK_DIR"
-
-psql_bench() {
-    as_run_user "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -At -d bench "$@"
-}
-
-as_run_user "$PG_BINDIR/createdb" bench
-psql_bench -c "CREATE EXTENSION sequin_cdc"
+stop_load() { bench_stop "$LOAD_PID"; LOAD_PID=""; }
 
 # ---------------------------------------------------------------------------
 # orders, slot, rule, change tables
@@ -127,15 +86,12 @@ SELECT g, 1 + g % 20000,
        timestamptz '2024-01-01 00:00+00' + g * interval '1 minute'
   FROM generate_series(1, $ROWS) g;
 VACUUM (ANALYZE) orders;
-SELECT sequin_cdc.create_change_table('public.bench_changes');
 SELECT sequin_cdc.create_change_table('public.bench_diy');
-SELECT sequin_cdc.create_publication('bench_pub', ARRAY['orders']::regclass[]);
 SQL
-psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
-psql_bench -c "SELECT sequin_cdc.add_change_retention('orders', 'public.bench_changes', slot => 'bench_slot')" >/dev/null
+bench_capture orders public.bench_changes
 psql_bench -c "CHECKPOINT"
 table_size=$(psql_bench -c "SELECT pg_size_pretty(pg_total_relation_size('orders'))")
-log "loaded in $(awk -v a="$load_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }') s ($table_size)"
+log "loaded in $(fmt "$(elapsed "$load_start" "$(date +%s.%N)")") s ($table_size)"
 
 cat >"$WORK_DIR/load.sql" <<SQL
 \set k random(1, $ROWS)
@@ -147,9 +103,8 @@ chown "$RUN_USER" "$WORK_DIR/load.sql"
 start_load() {
     local rate=()
     [[ "$LOAD_TPS" -gt 0 ]] && rate=(-R "$LOAD_TPS")
-    as_run_user "$PG_BINDIR/pgbench" -n -c "$LOAD_CLIENTS" -j "$LOAD_CLIENTS" "${rate[@]}" -T 86400 \
-        -f "$WORK_DIR/load.sql" bench >"$WORK_DIR/pgbench.log" 2>&1 &
-    LOAD_PID=$!
+    bench_bg LOAD_PID "$PG_BINDIR/pgbench" -n -c "$LOAD_CLIENTS" -j "$LOAD_CLIENTS" "${rate[@]}" -T 86400 \
+        -f "$WORK_DIR/load.sql" bench >"$WORK_DIR/pgbench.log" 2>&1
     sleep 3     # connected and running
 }
 
@@ -219,8 +174,7 @@ SQL
     echo "$secs $wal $n $t0 $t1"
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
+rate() { perl -e 'printf "%.0f", $ARGV[1] > 0 ? $ARGV[0] / $ARGV[1] : 0' "$1" "$2"; }
 
 declare -A RATES SECS READ_SECS WALROW LOADUPS
 for mode in idle load; do
@@ -267,7 +221,7 @@ row() {
 }
 cat <<EOF
 
-sequin_cdc backfill benchmark ($(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GB RAM, PostgreSQL $(psql_bench -c "SHOW server_version"), fsync on, synchronous_commit on)
+sequin_cdc backfill benchmark ($(machine_summary), fsync on, synchronous_commit on)
   orders: $ROWS rows ($table_size), backfill chunk_size $CHUNK, load: pgbench $LOAD_CLIENTS clients $( [[ "$LOAD_TPS" -gt 0 ]] && echo "at $LOAD_TPS tx/s" || echo "unthrottled") updating random rows
   every figure: median of $RUNS runs (single runs listed)
 
@@ -279,7 +233,7 @@ row diy_idle "DIY INSERT..SELECT"
 row diy_load "DIY, under load"
 cat <<EOF
 
-  backfill / DIY: $(awk -v a="$bf_idle" -v b="$diy_idle" 'BEGIN { printf "%.2f", a / b }') idle, $(awk -v a="$bf_load" -v b="$diy_load" 'BEGIN { printf "%.2f", a / b }') under load
+  backfill / DIY: $(fmt "$(calc "$bf_idle / $diy_idle")" 2) idle, $(fmt "$(calc "$bf_load / $diy_load")" 2) under load
   "s total" for a backfill: from the call until state = completed and wait_for_capture() returned;
   "s reader": until the backfill worker had read the last chunk (the capture worker writes the rest).
   capture errors: $errors

@@ -140,8 +140,8 @@ for my $d (1 .. $drains)
 		'>', \$pgout, '2>', \$pgerr)
 	  or die "pgbench failed: $pgerr";
 
-	my @burn = map { IPC::Run::start([ $^X, '-e', '1 while 1' ]) } 1 .. $burners;
-	my $reader = IPC::Run::start(
+	my @burn = map { SequinNode::start_background([ $^X, '-e', '1 while 1' ]) } 1 .. $burners;
+	my $reader = SequinNode::start_background(
 		[ "$bindir/psql", '-X', '-q', '-At', '-d', $connstr, '-f', $reader_sql ],
 		'<', '/dev/null', '>', $reader_out, '2>', $reader_out . '.err');
 

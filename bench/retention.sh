@@ -3,7 +3,7 @@
 # bench/retention.sh -- how fast a retention policy removes old changes.
 #
 # Not a test: a measurement. It
-#   1. starts a throwaway cluster (test/lib/cluster.sh: start_cluster), with
+#   1. starts a throwaway cluster (bench/lib.sh), with
 #      fsync on and pg_cron running jobs in background workers;
 #   2. fills a change table with $ROWS rows whose committed_at spread evenly
 #      over the last 40 days, in id order as capture writes them (a quarter
@@ -42,48 +42,13 @@ set -euo pipefail
 [[ "$ROWS" =~ ^[0-9]+$ && "$ROWS" -ge 1000 ]] || { echo "ROWS must be a number >= 1000" >&2; exit 2; }
 [[ "$METHOD" == job || "$METHOD" == call ]] || { echo "METHOD must be job or call" >&2; exit 2; }
 
-# shellcheck source=test/lib/cluster.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../test/lib/cluster.sh"
-cd "$SEQUIN_REPO_TOP"
-
-LOAD_PID=""
-WORK_DIR=""
-# shellcheck disable=SC2317  # invoked indirectly via trap
-cleanup() {
-    local rc=$?
-    if [[ -n "$LOAD_PID" ]] && kill -0 "$LOAD_PID" 2>/dev/null; then
-        kill "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
-    fi
-    stop_cluster "$rc"
-    [[ -n "$WORK_DIR" ]] && rm -rf -- "$WORK_DIR"
-    exit "$rc"
-}
-trap cleanup EXIT
-
-ensure_deps
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    build_install
-fi
-pick_run_user
-
-start_cluster bench \
-    "fsync = on" \
-    "shared_buffers = '1GB'" \
-    "max_wal_size = '8GB'" \
-    "checkpoint_timeout = '30min'" \
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_start bench \
     "cron.use_background_workers = on" \
     "cron.max_running_jobs = 4"
-
-WORK_DIR="$(mktemp -d /tmp/sequin_cdc_bench.XXXXXX)"
-chown "$RUN_USER" "$WORK_DIR"
-
-psql_bench() {
-    as_run_user "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -At -d bench "$@"
-}
-
-as_run_user "$PG_BINDIR/createdb" bench
-psql_bench -c "CREATE EXTENSION sequin_cdc" -c "CREATE EXTENSION pg_cron"
+have_pg_cron || die "pg_cron is not installed for this server"
+psql_bench -c "CREATE EXTENSION pg_cron"
 
 # ---------------------------------------------------------------------------
 # The change table: $ROWS rows over the last 40 days, ascending with id
@@ -108,7 +73,7 @@ psql_bench -c "VACUUM (ANALYZE) bench_changes" -c "CHECKPOINT"
 fill_end=$(date +%s.%N)
 table_size=$(psql_bench -c "SELECT pg_size_pretty(pg_total_relation_size('bench_changes'))")
 expected=$(psql_bench -c "SELECT count(*) FROM bench_changes WHERE committed_at < now() - interval '30 days'")
-log "filled in $(awk -v a="$fill_start" -v b="$fill_end" 'BEGIN { printf "%.0f", b - a }') s; $table_size; $expected rows older than 30 days"
+log "filled in $(fmt "$(elapsed "$fill_start" "$fill_end")") s; $table_size; $expected rows older than 30 days"
 
 # ---------------------------------------------------------------------------
 # Capture of another table, under a light load
@@ -116,11 +81,8 @@ log "filled in $(awk -v a="$fill_start" -v b="$fill_end" 'BEGIN { printf "%.0f",
 psql_bench <<'SQL' >/dev/null
 CREATE TABLE bench_src (id int PRIMARY KEY, v text, n int NOT NULL DEFAULT 0);
 ALTER TABLE bench_src REPLICA IDENTITY FULL;
-SELECT sequin_cdc.create_change_table('public.bench_cap');
-SELECT sequin_cdc.create_publication('bench_pub', ARRAY['bench_src']::regclass[]);
 SQL
-psql_bench -c "SELECT sequin_cdc.create_slot('bench_slot', 'bench_pub')" >/dev/null
-psql_bench -c "SELECT sequin_cdc.add_change_retention('bench_src', 'public.bench_cap', slot => 'bench_slot')" >/dev/null
+bench_capture bench_src public.bench_cap
 
 cat >"$WORK_DIR/load.sql" <<'SQL'
 \set id random(1, 100000)
@@ -128,9 +90,8 @@ INSERT INTO bench_src (id, v) VALUES (:id, md5(random()::text))
     ON CONFLICT (id) DO UPDATE SET v = excluded.v, n = bench_src.n + 1;
 SQL
 chown "$RUN_USER" "$WORK_DIR/load.sql"
-as_run_user "$PG_BINDIR/pgbench" -n -c 2 -R "$LOAD_TPS" -T 86400 -f "$WORK_DIR/load.sql" bench \
-    >"$WORK_DIR/pgbench.log" 2>&1 &
-LOAD_PID=$!
+bench_bg LOAD_PID "$PG_BINDIR/pgbench" -n -c 2 -R "$LOAD_TPS" -T 86400 -f "$WORK_DIR/load.sql" bench \
+    >"$WORK_DIR/pgbench.log" 2>&1
 sleep 3
 psql_bench -c "SELECT sequin_cdc.wait_for_capture('bench_slot')" >/dev/null
 
@@ -175,7 +136,7 @@ else
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     [[ -f "$WORK_DIR/lag" ]] && max_lag=$(cat "$WORK_DIR/lag")
-    seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    seconds=$(elapsed "$t0" "$t1")
     psql_bench -c "SELECT sequin_cdc.drop_retention_policy('bench_changes')" >/dev/null 2>&1
 fi
 
@@ -188,21 +149,19 @@ removed=$(( rows_before - rows_after ))
 
 # capture went on: everything written so far is captured, no errors, and no
 # row about the change table the deletes came from
-kill "$LOAD_PID" 2>/dev/null || true
-wait "$LOAD_PID" 2>/dev/null || true
-LOAD_PID=""
+bench_stop "$LOAD_PID"
 psql_bench -c "SELECT sequin_cdc.wait_for_capture('bench_slot', '60s')" >/dev/null
 IFS='|' read -r captured_after errors < <(psql_bench -c "
     SELECT changes_captured, errors FROM sequin_cdc.pg_stat_capture WHERE slot_name = 'bench_slot'")
 feedback=$(psql_bench -c "SELECT count(*) FROM bench_cap WHERE source_table_name <> 'bench_src'")
-rate=$(awk -v n="$removed" -v s="$seconds" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+rate=$(fmt "$(calc "$seconds > 0 ? $removed / $seconds : 0")")
 cat <<EOF
 
-sequin_cdc retention benchmark ($(nproc) CPUs, $(free -g | awk '/^Mem:/ {print $2}') GB RAM, PostgreSQL $(psql_bench -c "SHOW server_version"))
+sequin_cdc retention benchmark ($(machine_summary))
   change table        $ROWS rows over 40 days ($table_size)
   method              $METHOD$( [[ "$METHOD" == call ]] && echo " (batch_size $BATCH)" || echo " (pg_cron background worker, batch_size 10000)")
   rows removed        $removed (expected $expected; older than the window left: $left_old)
-  time                $(awk -v s="$seconds" 'BEGIN { printf "%.1f", s }') s
+  time                $(fmt "$seconds" 1) s
   rows removed/s      $rate
   WAL written         $(( wal_bytes / 1024 / 1024 )) MB ($(( wal_bytes / (removed > 0 ? removed : 1) )) bytes/row)
   capture meanwhile   $(( captured_after - captured_before )) changes captured (load: $LOAD_TPS tx/s), largest lag $(( max_lag / 1024 )) kB, errors $errors, rows about other tables $feedback

@@ -5,7 +5,7 @@
 #     bash bench/run.sh                 # full sizes (~25 min on 2 cores)
 #     QUICK=1 bash bench/run.sh         # small sizes, a few minutes
 #
-# Starts its own PostgreSQL 15 cluster (test/lib/cluster.sh) with fsync on,
+# Starts its own PostgreSQL cluster (bench/lib.sh) with fsync on,
 # loads bench/sql/setup.sql into database "bench", measures, prints the
 # machine facts and one table in which every figure is the median of RUNS
 # runs (the single runs are listed below it), and stops the cluster.  It
@@ -78,17 +78,12 @@
 #   EXTRA_CONF="a = 1; b = 2"   more postgresql.conf lines (later lines win),
 #                        e.g. "logical_decoding_work_mem = 32MB"
 #   BENCH_OUT=bench/out  raw logs, pgbench output, profiles
-#   SKIP_DEPS=1 KEEP_CLUSTER=1 SEQUIN_PORT=N   as for test/lib/cluster.sh
+#   SKIP_DEPS=1 KEEP_CLUSTER=1 PG_CONFIG=...   as for bench/lib.sh
 
 set -euo pipefail
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=test/lib/cluster.sh
-source "$BENCH_DIR/../test/lib/cluster.sh"
-
-# pg_cron is not needed here; keep its launcher out of the measurements.
-# shellcheck disable=SC2034  # read by start_cluster (test/lib/cluster.sh)
-SEQUIN_PRELOAD=sequin_cdc
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------
 # Sizes
@@ -106,9 +101,10 @@ fi
 : "${PERF:=0}"
 : "${BENCH_OUT:=$BENCH_DIR/out}"
 
-# Server settings for benchmarking (later lines win over cluster.sh's).
+# Server settings for benchmarking (later lines win over bench/lib.sh's).
+# pg_cron is not needed here; keep its launcher out of the measurements.
 BENCH_CONF=(
-    "fsync = on"
+    "shared_preload_libraries = 'sequin_cdc'"
     "shared_buffers = 512MB"
     "max_wal_size = 4GB"
     "checkpoint_timeout = 30min"
@@ -139,32 +135,7 @@ BENCH_OUT="$(cd "$BENCH_OUT" && pwd)"
 # ---------------------------------------------------------------------------
 sql() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 note() { printf '    %s\n' "$*" >&2; }
-
-# median of the arguments (mean of the two middle values for an even count)
-median() {
-    [[ $# -gt 0 ]] || { echo ""; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR % 2) printf "%.6f", v[(NR + 1) / 2];
-        else printf "%.6f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# 1234567.8 -> 1,234,568 ; with a second argument: that many decimals
-fmt() {
-    local v="$1" d="${2:-0}"
-    [[ -n "$v" ]] || { echo "-"; return; }
-    LC_ALL=C printf "%.${d}f" "$v" | sed -e ':a' -e 's/^\([-]\{0,1\}[0-9]\{1,\}\)\([0-9]\{3\}\)/\1,\2/;ta'
-}
-
-# 2 decimals below 10, 1 below 100, none above
-fmt_auto() {
-    local v="$1"
-    if awk -v v="$v" 'BEGIN { exit !(v < 0 ? -v < 10 : v < 10) }'; then fmt "$v" 2
-    elif awk -v v="$v" 'BEGIN { exit !(v < 0 ? -v < 100 : v < 100) }'; then fmt "$v" 1
-    else fmt "$v"; fi
-}
 
 # Results: RES[key]="v1 v2 v3" (one value per run)
 declare -A RES=()
@@ -174,6 +145,7 @@ med() {
     median ${RES[$1]:-}
 }
 runs_of() { echo "${RES[$1]:-}"; }
+last_run() { local -a v=(${RES[$1]:-}); echo "${v[-1]:-}"; }
 
 worker_pid() { sql -c "SELECT pid FROM sequin_cdc.pg_stat_capture WHERE slot_name = '$SLOT' AND state = 'streaming'"; }
 
@@ -235,7 +207,7 @@ run_pgbench() { # logfile pgbench-args...
     local logf="$1"
     shift
     pgbench -n --max-tries=10 -f "$SCRIPT" "$@" "$DB" >"$logf" 2>&1 || { cat "$logf" >&2; die "pgbench failed"; }
-    sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$logf"
+    perl -ne 'print $1 if /^tps = ([\d.]+) /' "$logf"
 }
 
 proc_field() { # pid field-name (from /proc/PID/status, kB)
@@ -443,18 +415,17 @@ online_run() { # config run [profile]
         local -a sv
         mapfile -t sv < <(grep -E '^[0-9.]+$' "$samp" || true)
         if [[ ${#sv[@]} -gt 0 ]]; then
-            stats="$(printf '%s\n' "${sv[@]}" | sort -g | awk '{ v[NR] = $1 } END {
-                i50 = int(NR * 0.5 + 0.5); if (i50 < 1) i50 = 1;
-                i99 = int(NR * 0.99 + 0.5); if (i99 < 1) i99 = 1; if (i99 > NR) i99 = NR;
-                printf "%s %s %s %d", v[i50], v[i99], v[NR], NR }')"
+            stats="$(perl -e 'my @v = sort { $a <=> $b } @ARGV; my $n = @v;
+                my $at = sub { my $i = int($n * $_[0] + 0.5); $i = 1 if $i < 1; $i = $n if $i > $n; $v[$i - 1] };
+                printf "%s %s %s %d", $at->(0.5), $at->(0.99), $v[-1], $n' "${sv[@]}")"
             read -r s50 s99 smax ns <<<"$stats"
             record online_stale_p50 "$s50"
             record online_stale_p99 "$s99"
             record online_stale_max "$smax"
         fi
-        note "online $r sequin_cdc: $(fmt "$tps") tps, worker CPU $(fmt "$(echo "${RES[online_sequin_wcpu]}" | awk '{print $NF}')" 1) %, machine CPU busy $(fmt "$(echo "${RES[online_sequin_mcpu]}" | awk '{print $NF}')") %, $nrows change rows, lag p50/p99/max $(fmt "$p50" 1)/$(fmt "$p99" 1)/$(fmt "$pmax" 1) ms, staleness p50/p99/max $(fmt "${s50:-0}" 1)/$(fmt "${s99:-0}" 1)/$(fmt "${smax:-0}" 1) ms (${ns:-0} samples), drained in $(fmt "$(calc "$drained * 1000")") ms"
+        note "online $r sequin_cdc: $(fmt "$tps") tps, worker CPU $(fmt "$(last_run online_sequin_wcpu)" 1) %, machine CPU busy $(fmt "$(last_run online_sequin_mcpu)") %, $nrows change rows, lag p50/p99/max $(fmt "$p50" 1)/$(fmt "$p99" 1)/$(fmt "$pmax" 1) ms, staleness p50/p99/max $(fmt "${s50:-0}" 1)/$(fmt "${s99:-0}" 1)/$(fmt "${smax:-0}" 1) ms (${ns:-0} samples), drained in $(fmt "$(calc "$drained * 1000")") ms"
     else
-        note "online $r $cfg: $(fmt "$tps") tps${wpid:+, worker CPU $(fmt "$(echo "${RES[online_${cfg}_wcpu]}" | awk '{print $NF}')" 1) %}, machine CPU busy $(fmt "$(echo "${RES[online_${cfg}_mcpu]}" | awk '{print $NF}')") %"
+        note "online $r $cfg: $(fmt "$tps") tps${wpid:+, worker CPU $(fmt "$(last_run online_${cfg}_wcpu)" 1) %}, machine CPU busy $(fmt "$(last_run online_${cfg}_mcpu)") %"
     fi
 }
 
@@ -465,8 +436,8 @@ phase_online() {
         for cfg in slot sequin trigger; do
             online_run "$cfg" "$r"
         done
-        record online_ratio_sequin "$(calc "$(echo "${RES[online_sequin]}" | awk '{print $NF}') / $(echo "${RES[online_slot]}" | awk '{print $NF}')")"
-        record online_ratio_trigger "$(calc "$(echo "${RES[online_trigger]}" | awk '{print $NF}') / $(echo "${RES[online_slot]}" | awk '{print $NF}')")"
+        record online_ratio_sequin "$(calc "$(last_run online_sequin) / $(last_run online_slot)")"
+        record online_ratio_trigger "$(calc "$(last_run online_trigger) / $(last_run online_slot)")"
     done
     if [[ "$PERF" == 1 ]]; then
         if perf_works; then
@@ -543,7 +514,7 @@ phase_memory() {
         label="$size"
         # ~0.7 kB per row: source, change rows, indexes and WAL
         need=$((size * 7 / 10 / 1024 + 4096))
-        avail="$(df -Pm "$SEQUIN_CLUSTER_DIR" | awk 'NR == 2 { print $4 }')"
+        avail="$(df -m --output=avail "$SEQUIN_CLUSTER_DIR" | tail -n 1)"
         if ((avail < need)); then
             note "memory: skipping $size rows: $avail MB free, about $need MB needed"
             continue
@@ -591,10 +562,6 @@ phase_idle() {
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-verdict() { # condition-as-awk-expr
-    if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi
-}
-
 # load average, and other PostgreSQL servers running on this machine (they
 # share the cores with the benchmark and make its figures noisy)
 machine_load() {
@@ -607,10 +574,10 @@ machine_load() {
 machine_facts() {
     echo "## Machine"
     echo "cores (nproc):   $(nproc)"
-    echo "CPU:             $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
-    echo "RAM:             $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "CPU:             $(lscpu 2>/dev/null | perl -ne 'if (/^Model name:\s*(.*)/) { print $1; last }')"
+    echo "RAM:             $(perl -ne 'printf "%.1f GiB", $1 / 1048576 if /^MemTotal:\s+(\d+)/' /proc/meminfo)"
     echo "kernel:          $(uname -sr)"
-    echo "disk (cluster):  $(df -Ph "$SEQUIN_CLUSTER_DIR" | awk 'NR == 2 { print $1 ", " $4 " free of " $2 }')"
+    echo "disk (cluster):  $(df -h --output=source,avail,size "$SEQUIN_CLUSTER_DIR" | tail -n 1 | perl -ane 'print "$F[0], $F[1] free of $F[2]"')"
     echo "PostgreSQL:      $(sql -c "SELECT version()")"
     echo "sequin_cdc:      $(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'") (installed $(stat -c %y "$($PG_CONFIG --pkglibdir)/sequin_cdc.so" | cut -d. -f1))"
     echo "settings:        $(sql -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings
@@ -717,19 +684,13 @@ report() {
 MEM_LABELS=()
 IDLE_TOTAL=""
 
-ensure_deps
-pick_run_user
 # keep the server log (checkpoints, autovacuum runs) with the results
-# shellcheck disable=SC2317  # called by the EXIT trap
-on_exit() {
-    local rc=$?
+# shellcheck disable=SC2317  # called by bench/lib.sh's EXIT trap
+bench_on_exit() {
     [[ -z "$SEQUIN_CLUSTER_DIR" || ! -f "$SEQUIN_CLUSTER_DIR/server.log" ]] \
         || cp "$SEQUIN_CLUSTER_DIR/server.log" "$BENCH_OUT/server.log" 2>/dev/null || true
-    stop_cluster "$rc"
 }
-trap on_exit EXIT
-start_cluster "$DB" "${BENCH_CONF[@]}"
-psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE $DB"
+bench_start "$DB" "${BENCH_CONF[@]}"
 sql -f "$BENCH_DIR/sql/setup.sql" >/dev/null
 
 # WAL warm-up: a new cluster has to create (zero-fill) every WAL segment it

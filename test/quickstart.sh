@@ -2,14 +2,16 @@
 #
 # test/quickstart.sh -- end-to-end demo of sequin_cdc:   bash test/quickstart.sh
 #
-# Builds and installs the extension, starts a throwaway PostgreSQL 15 cluster
-# (same configuration as the test cluster, but with cron.database_name='demo'),
+# Builds and installs the extension, starts a throwaway cluster (configured
+# by test/lib/*.conf like the regression server, with cron.database_name='demo'),
 # creates database "demo", captures changes of public.orders into
 # sequin_cdc.changes, prints them plus capture stats and health, schedules
 # change retention (sequin_cdc.set_retention_policy if present, otherwise a
-# plain pg_cron job), drops the slot and stops the cluster.
+# plain pg_cron job; skipped when pg_cron is not installed), drops the slot
+# and stops the cluster.
 #
-# Optional environment:
+# Optional environment (or VAR=value arguments):
+#   PG_CONFIG=... / SEQUIN_PG_BINDIR=...   the server (default: Debian's 15)
 #   SKIP_DEPS=1 / SKIP_BUILD=1     skip package checks / make clean all install
 #   KEEP_CLUSTER=1                 keep the cluster's data dir and server.log
 #   WAIT_SECONDS=N                 how long to wait for the 4 changes (default 10)
@@ -17,6 +19,13 @@
 #                                  (default sequin_cdc.changes)
 
 set -euo pipefail
+
+for arg in "$@"; do
+    case "$arg" in
+        SKIP_*=* | KEEP_*=* | SEQUIN_*=* | PG_CONFIG=* | WAIT_SECONDS=* | RETENTION_TABLE=*) export "${arg?}" ;;
+        *) echo "usage: bash test/quickstart.sh [PG_CONFIG=...] [SKIP_BUILD=1] ..." >&2; exit 2 ;;
+    esac
+done
 
 # shellcheck source=test/lib/cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/cluster.sh"
@@ -59,7 +68,6 @@ psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE $DEMO_DB"
 log "setting up capture of public.orders"
 demo_psql -q <<'SQL'
 CREATE EXTENSION sequin_cdc;
-CREATE EXTENSION pg_cron;
 CREATE TABLE public.orders (
     id         bigint PRIMARY KEY,
     status     text NOT NULL,
@@ -105,7 +113,16 @@ has_proc() {
     [[ "$(demo_psql -At -c "SELECT to_regprocedure('$1') IS NOT NULL")" == t ]]
 }
 
-if has_proc 'sequin_cdc.set_retention_policy(regclass,interval)'; then
+if ! have_pg_cron; then
+    log "pg_cron is not installed for this server: no retention job"
+    RETENTION_TABLE=""
+else
+    demo_psql -q -c "CREATE EXTENSION pg_cron"
+fi
+
+if [[ -z "$RETENTION_TABLE" ]]; then
+    :
+elif has_proc 'sequin_cdc.set_retention_policy(regclass,interval)'; then
     log "retention via sequin_cdc.set_retention_policy($RETENTION_TABLE, '$RETENTION_INTERVAL')"
     demo_psql -c "SELECT sequin_cdc.set_retention_policy('$RETENTION_TABLE'::regclass, interval '$RETENTION_INTERVAL')"
 elif has_proc 'sequin_cdc.set_retention_policy(regclass,interval,text)'; then
@@ -119,7 +136,7 @@ SELECT cron.schedule('sequin_changes_retention', '*/10 * * * *',
 SQL
 fi
 
-show "cron.job" "SELECT jobid, schedule, command FROM cron.job"
+[[ -z "$RETENTION_TABLE" ]] || show "cron.job" "SELECT jobid, schedule, command FROM cron.job"
 
 # ---------------------------------------------------------------------------
 # Clean up the slot; the EXIT trap stops the cluster and removes its files.

@@ -2,43 +2,48 @@
 #
 # test/run.sh -- THE test command for sequin_cdc:   bash test/run.sh
 #
-# 1. installs PostgreSQL 15 + build/test dependencies if missing (apt-get),
-# 2. builds and installs the extension (make clean all; make install),
-# 3. copies the repository into a scratch build dir owned by the test user
-#    (pg_regress writes results/, TAP writes tmp_check/),
-# 4. starts a throwaway cluster configured for sequin_cdc (see
-#    test/lib/cluster.sh) and runs, in the copy, as that user:
-#      make installcheck TAP_TESTS=   -> pg_regress over test/sql (REGRESS)
-#      make installcheck REGRESS=     -> prove over test/t/*.pl (TAP; these
-#                                        start their own nodes)
-#    The two suites run as separate make calls so both always report.
-# 5. on failure prints regression.diffs and the TAP logs; exits non-zero.
+# 1. installs the build and test dependencies if missing (apt-get; the
+#    PostgreSQL packages too when the server is Debian's),
+# 2. builds and installs the extension into the server (make clean all install),
+# 3. copies the repository into a scratch directory owned by the OS user that
+#    runs the tests (servers refuse to run as root), and there, as that user:
+#      make installcheck TAP_TESTS=   pg_regress over test/sql on a temporary
+#                                     server of its own (see the Makefile)
+#      make installcheck REGRESS=     prove over test/t/*.pl (each test starts
+#                                     its own nodes with PostgreSQL::Test::Cluster)
+#    (two make calls, so both suites always report),
+# 4. on failure prints regression.diffs, the regression server's log and the
+#    TAP logs. Exits 0 only if every suite that ran passed.
 #
-# Exit status: 0 only if every suite that ran passed.
+# Tests that need pg_cron or pg_partman are skipped, and say so, when the
+# server has no such extension installed.
 #
-# Optional environment:
+# The server: one test run is one server, so a version matrix calls this once
+# per server:
+#   PG_CONFIG=/path/to/pg_config   that server (e.g. a build in a cache dir)
+#   SEQUIN_PG_BINDIR=DIR           the same, by its bin directory
+#   (default: Debian's PostgreSQL 15, /usr/lib/postgresql/15/bin)
+# Other knobs:
 #   SKIP_DEPS=1        do not check/install packages
-#   SKIP_BUILD=1       do not run make clean all / make install
+#   SKIP_BUILD=1       do not build/install the extension
 #   SKIP_REGRESS=1     skip the pg_regress suite
 #   SKIP_TAP=1         skip the TAP suite
 #   REGRESS="a b"      run only these pg_regress tests (names from test/sql)
 #   PROVE_TESTS="test/t/001_x.pl ..."   run only these TAP scripts
 #   PROVE_FLAGS=...    extra flags for prove (e.g. --verbose)
-#   KEEP_CLUSTER=1     keep the regression cluster's data dir and log
-#   KEEP_BUILD=1       keep the scratch build dir even on success
-#   SEQUIN_PRELOAD=... shared_preload_libraries (default 'sequin_cdc,pg_cron')
-#   SEQUIN_PORT=N      port for the regression cluster
-#   (REGRESS/PROVE_TESTS may also be given as arguments: bash test/run.sh REGRESS="a b")
+#   KEEP_BUILD=1       keep the scratch directory even on success (it is kept
+#                      on failure: pg_regress's server is in tmp_check_regress/)
+# Each may be given in the environment or as an argument:
+#   bash test/run.sh PG_CONFIG=/cache/pg18/bin/pg_config SKIP_TAP=1
 
 set -euo pipefail
 
-# Accept VAR=value arguments as a convenience (same as setting them in the env).
 for arg in "$@"; do
     case "$arg" in
-        REGRESS=* | PROVE_TESTS=* | PROVE_FLAGS=* | SKIP_*=* | KEEP_*=* | SEQUIN_*=*)
+        REGRESS=* | PROVE_TESTS=* | PROVE_FLAGS=* | SKIP_*=* | KEEP_*=* | SEQUIN_*=* | PG_CONFIG=*)
             export "${arg?}" ;;
         *)
-            echo "usage: bash test/run.sh [REGRESS='t1 t2'] [PROVE_TESTS='test/t/x.pl'] [SKIP_TAP=1] ..." >&2
+            echo "usage: bash test/run.sh [PG_CONFIG=...] [REGRESS='t1 t2'] [PROVE_TESTS='test/t/x.pl'] [SKIP_TAP=1] ..." >&2
             exit 2 ;;
     esac
 done
@@ -50,12 +55,10 @@ cd "$SEQUIN_REPO_TOP"
 BUILD_DIR=""
 OVERALL_RC=0
 
-# EXIT trap: stop the cluster (printing its log on failure) and remove the
-# scratch copy unless it is needed for post-mortem.
+# EXIT trap: remove the scratch copy unless it is needed for a post-mortem.
 # shellcheck disable=SC2317  # invoked indirectly via trap
 cleanup() {
     local rc=$?
-    stop_cluster "$rc"
     if [[ -n "$BUILD_DIR" && -d "$BUILD_DIR" ]]; then
         if [[ "$rc" -ne 0 || "${KEEP_BUILD:-0}" == 1 ]]; then
             echo "build dir kept for inspection: $BUILD_DIR" >&2
@@ -67,31 +70,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---------------------------------------------------------------------------
-# Dependencies, build, install
-# ---------------------------------------------------------------------------
 ensure_deps
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    build_install
-fi
+[[ "${SKIP_BUILD:-0}" == 1 ]] || build_install
 pick_run_user
+have_pg_cron || log "pg_cron is not installed for this server: its tests are skipped"
+have_pg_partman || log "pg_partman is not installed for this server: its tests are skipped"
 
-# ---------------------------------------------------------------------------
-# Scratch copy of the repository, owned by the run user
-# ---------------------------------------------------------------------------
-# Tracked + untracked (non-ignored) files when this is a git checkout, else
-# everything but .git. Tracked files deleted from the work tree are skipped.
+# Copy tracked + untracked (non-ignored) files of a git checkout, else
+# everything but .git, to $1, owned by the run user.
 copy_repo() {
     local dest="$1"
     if git -C "$SEQUIN_REPO_TOP" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         git -C "$SEQUIN_REPO_TOP" ls-files -z -co --exclude-standard \
             | while IFS= read -r -d '' f; do
-                if [[ -e "$SEQUIN_REPO_TOP/$f" || -L "$SEQUIN_REPO_TOP/$f" ]]; then
-                    printf '%s\0' "$f"
-                fi
+                [[ -e "$SEQUIN_REPO_TOP/$f" || -L "$SEQUIN_REPO_TOP/$f" ]] && printf '%s\0' "$f"
             done \
-            | tar -C "$SEQUIN_REPO_TOP" --null -T - -cf - \
-            | tar -C "$dest" -xf -
+            | tar -C "$SEQUIN_REPO_TOP" --null -T - -cf - | tar -C "$dest" -xf -
     else
         tar -C "$SEQUIN_REPO_TOP" --exclude=./.git -cf - . | tar -C "$dest" -xf -
     fi
@@ -102,72 +96,49 @@ BUILD_DIR="$(mktemp -d /tmp/sequin_cdc_build.XXXXXX)"
 log "copying the repository to $BUILD_DIR"
 copy_repo "$BUILD_DIR"
 
-# ---------------------------------------------------------------------------
-# Cluster + test suites
-# ---------------------------------------------------------------------------
-start_cluster contrib_regression
-
 # make in the scratch copy, as the run user.
 run_make() {
     (cd "$BUILD_DIR" && as_run_user make --no-print-directory PG_CONFIG="$PG_CONFIG" "$@")
 }
 
-# Show what is useful when a suite failed.
-report_regress_failure() {
-    if [[ -f "$BUILD_DIR/regression.diffs" ]]; then
-        echo "" >&2
-        echo "----- regression.diffs -----" >&2
-        cat "$BUILD_DIR/regression.diffs" >&2
-        echo "----- end of regression.diffs -----" >&2
-    fi
-}
-
-report_tap_failure() {
-    local f
-    [[ -d "$BUILD_DIR/tmp_check/log" ]] || return 0
-    for f in "$BUILD_DIR"/tmp_check/log/*; do
+# Print the tail of each file given (that exists) between markers.
+show_tails() {
+    local lines="$1" f
+    shift
+    for f in "$@"; do
         [[ -f "$f" ]] || continue
-        echo "" >&2
-        echo "----- last 80 lines of ${f#"$BUILD_DIR"/} -----" >&2
-        tail -n 80 "$f" >&2
+        printf '\n----- last %s lines of %s -----\n' "$lines" "${f#"$BUILD_DIR"/}" >&2
+        tail -n "$lines" "$f" >&2
     done
-    echo "----- end of TAP logs -----" >&2
 }
 
-# pg_regress suite (REGRESS from the Makefile, or the subset given in $REGRESS).
 if [[ "${SKIP_REGRESS:-0}" == 1 ]]; then
     log "SKIP_REGRESS=1: skipping pg_regress"
-elif [[ -z "${REGRESS:-}" ]] && ! compgen -G "$BUILD_DIR/test/sql/*.sql" >/dev/null; then
-    log "no test/sql/*.sql: nothing for pg_regress"
 else
     regress_args=(installcheck TAP_TESTS=)
     [[ -n "${REGRESS:-}" ]] && regress_args+=("REGRESS=$REGRESS")
     log "pg_regress: make ${regress_args[*]}"
     if ! run_make "${regress_args[@]}"; then
-        report_regress_failure
+        show_tails 100000 "$BUILD_DIR/regression.diffs"
+        show_tails "$SEQUIN_LOG_TAIL" "$BUILD_DIR/tmp_check_regress/log/postmaster.log"
+        echo "----- end of pg_regress output -----" >&2
         OVERALL_RC=1
     fi
 fi
 
-# TAP suite (PROVE_TESTS from the Makefile, or the subset in $PROVE_TESTS).
 if [[ "${SKIP_TAP:-0}" == 1 ]]; then
     log "SKIP_TAP=1: skipping TAP tests"
-elif [[ -z "${PROVE_TESTS:-}" ]] && ! compgen -G "$BUILD_DIR/test/t/*.pl" >/dev/null; then
-    log "no test/t/*.pl: nothing for prove"
 else
     tap_args=(installcheck REGRESS=)
     [[ -n "${PROVE_TESTS:-}" ]] && tap_args+=("PROVE_TESTS=$PROVE_TESTS")
     [[ -n "${PROVE_FLAGS:-}" ]] && tap_args+=("PROVE_FLAGS=$PROVE_FLAGS")
     log "TAP: make ${tap_args[*]}"
     if ! run_make "${tap_args[@]}"; then
-        report_tap_failure
+        show_tails 80 "$BUILD_DIR"/tmp_check/log/*
+        echo "----- end of TAP logs -----" >&2
         OVERALL_RC=1
     fi
 fi
 
-if [[ "$OVERALL_RC" -eq 0 ]]; then
-    log "all tests passed"
-else
-    log "TESTS FAILED"
-fi
+if [[ "$OVERALL_RC" -eq 0 ]]; then log "all tests passed"; else log "TESTS FAILED"; fi
 exit "$OVERALL_RC"

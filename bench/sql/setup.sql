@@ -3,7 +3,7 @@
 -- Everything here is created once; bench/run.sh resets the data between runs
 -- with bench_reset() (TRUNCATE gives fresh files and empty indexes).
 
-CREATE EXTENSION sequin_cdc;
+CREATE EXTENSION IF NOT EXISTS sequin_cdc;   -- bench/lib.sh created it
 
 -- The workload table: orders-like, REPLICA IDENTITY FULL, 100k rows preloaded.
 CREATE TABLE orders (

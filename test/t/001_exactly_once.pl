@@ -117,12 +117,12 @@ my $loop = sprintf(
 	q{while [ ! -e '%s' ]; do pgbench -n -h '%s' -p %d -c 2 -R 400 -T 2 -f '%s@6' -f '%s@3' -f '%s@1' postgres >>'%s' 2>&1; sleep 0.1; done},
 	$stop_file, $node->host, $node->port, "$dir/commit.sql", "$dir/subxact.sql",
 	"$dir/rollback.sql", $pgbench_log);
-my $load = IPC::Run::start([ 'bash', '-c', $loop ]);
+my $load = SequinNode::start_background([ 'bash', '-c', $loop ]);
 
 sub committed_txns
 {
-	my ($rc, $out) = $node->psql('postgres', 'SELECT count(DISTINCT xid) FROM audit');
-	return ($rc == 0 && defined $out && $out ne '') ? $out : -1;
+	my $out = SequinNode::try_query($node, 'postgres', 'SELECT count(DISTINCT xid) FROM audit');
+	return (defined $out && $out ne '') ? $out : -1;
 }
 
 # Wait until the load has committed $more transactions after this call.

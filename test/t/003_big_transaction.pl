@@ -82,7 +82,7 @@ sub sample
 # spilling while the transaction is written) is sampled throughout.
 my $t_start = time();
 my ($out, $err) = ('', '');
-my $h = IPC::Run::start(
+my $h = SequinNode::start_background(
 	[
 		'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'),
 		'-c', "INSERT INTO big SELECT g, g % 1000, 'row ' || g, g % 2 = 0

@@ -121,9 +121,9 @@ sub bf_wait
 	my $deadline = time() + ($timeout // 180);
 	while (time() < $deadline)
 	{
-		my ($rc, $st) = $node->psql('postgres',
+		my $st = SequinNode::try_query($node, 'postgres',
 			"SELECT state FROM sequin_cdc.pg_stat_backfills WHERE id = $id");
-		return $st if $rc == 0 && defined $st && $st ne '' && $st ne 'running';
+		return $st if defined $st && $st ne '' && $st ne 'running';
 		usleep(50_000);
 	}
 	return '';
@@ -131,9 +131,9 @@ sub bf_wait
 
 sub backfill_pid
 {
-	my ($rc, $out) = $node->psql('postgres',
-		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'sequin_cdc backfill' ORDER BY pid LIMIT 1});
-	return ($rc == 0 && defined $out) ? $out : '';
+	return SequinNode::try_query($node, 'postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'sequin_cdc backfill' ORDER BY pid LIMIT 1})
+	  // '';
 }
 
 sub reads
@@ -316,7 +316,7 @@ DELETE FROM race WHERE id = :k;
 UPDATE race SET id = nextval('race_new'), s = 'moved' WHERE id = :k;
 });
 	my ($pgb_out, $pgb_err) = ('', '');
-	my $pgbench = IPC::Run::start(
+	my $pgbench = SequinNode::start_background(
 		[
 			'pgbench', '-n', '-h', $node->host, '-p', $node->port,
 			'-c', '2', '-j', '2', '-T', '15', '-R', '3000', '--max-tries=10',
@@ -550,7 +550,7 @@ UPDATE d1 SET v = :r, ts = now() WHERE id = :k;
 UPDATE d2 SET v = :r, s = 'd2 ' || :r WHERE id = 100001 - :k;
 });
 	my ($out, $err) = ('', '');
-	my $pgbench = IPC::Run::start(
+	my $pgbench = SequinNode::start_background(
 		[
 			'pgbench', '-n', '-h', $node->host, '-p', $node->port,
 			'-c', '1', '-R', '300', '-T', '6', '-f', "$dir/d.sql", 'postgres'

@@ -2,7 +2,7 @@
 # Copyright: sequin_cdc contributors
 #
 # Webhook sinks against a real HTTP receiver on 127.0.0.1, started by this
-# test (a forked Perl server that records every request, and answers what
+# test (test/t/HttpReceiver.pm: it records every request, and answers what
 # its mode file says: a status and a delay):
 #  - every change arrives exactly once, in seq order, with the sink's
 #    headers, an Idempotency-Key and the documented body;
@@ -27,9 +27,9 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
+use HttpReceiver;
 use IO::Socket::INET;
 use JSON::PP;
-use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use SequinNode;
@@ -41,135 +41,18 @@ my $mode_file = "$dir/mode";
 my $log_file = "$dir/requests.log";
 
 # ---------------------------------------------------------------------------
-# The receiver
+# The receiver (test/t/HttpReceiver.pm): answers what its mode file says
 # ---------------------------------------------------------------------------
+my $receiver = HttpReceiver->new(log => $log_file, body => 1, mode_file => $mode_file);
 
-# "<status> <delay in seconds>"
-sub set_mode
-{
-	my ($status, $delay) = @_;
-	open(my $fh, '>', "$mode_file.tmp") or die $!;
-	print $fh "$status " . ($delay // 0) . "\n";
-	close $fh;
-	rename("$mode_file.tmp", $mode_file) or die $!;
-}
-
-# Serve HTTP/1.1 with keep-alive, one connection at a time.  Each request
-# is logged, once read, as: time, status, delay, Idempotency-Key,
-# Authorization, body (one line: the sink's JSON has no newlines).
-sub serve
-{
-	my ($listener) = @_;
-	$SIG{PIPE} = 'IGNORE';
-	while (my $c = $listener->accept)
-	{
-		my $buf = '';
-		CONN: for (;;)
-		{
-			my $hend;
-			while (($hend = index($buf, "\r\n\r\n")) < 0)
-			{
-				my $n = sysread($c, $buf, 65536, length $buf);
-				last CONN unless $n;
-			}
-			my $head = substr($buf, 0, $hend);
-			$buf = substr($buf, $hend + 4);
-			my %h;
-			for my $l (split /\r\n/, $head)
-			{
-				$h{ lc $1 } = $2 if $l =~ /^([^:]+):\s*(.*)$/;
-			}
-			my $len = $h{'content-length'} // 0;
-			while (length $buf < $len)
-			{
-				my $n = sysread($c, $buf, 65536, length $buf);
-				last CONN unless $n;
-			}
-			my $body = substr($buf, 0, $len);
-			$buf = substr($buf, $len);
-			my $t = time();
-
-			my ($status, $delay) = (200, 0);
-			if (open(my $mf, '<', $mode_file))
-			{
-				my $m = <$mf> // '';
-				close $mf;
-				($status, $delay) = ($1, $2) if $m =~ /^(\d+)\s+([\d.]+)/;
-			}
-			open(my $lf, '>>', $log_file) or die $!;
-			print $lf join("\t", $t, $status, $delay,
-				$h{'idempotency-key'} // '', $h{authorization} // '',
-				$h{'content-type'} // '', $body) . "\n";
-			close $lf;
-			Time::HiRes::sleep($delay) if $delay > 0;
-			my $answer = $status == 200 ? "ok" : "failing on purpose";
-			syswrite($c,
-				"HTTP/1.1 $status X\r\nContent-Type: text/plain\r\nContent-Length: "
-				  . length($answer) . "\r\n\r\n$answer");
-		}
-		close $c;
-	}
-}
-
-my ($receiver_pid, $port);
-
-sub start_receiver
-{
-	my $l = IO::Socket::INET->new(
-		LocalAddr => '127.0.0.1',
-		LocalPort => $port // 0,
-		Listen => 64,
-		ReuseAddr => 1,
-		Proto => 'tcp') or die "cannot listen: $!";
-	$port = $l->sockport;
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		serve($l);
-		POSIX::_exit(0);
-	}
-	close $l;
-	$receiver_pid = $pid;
-}
-
-sub stop_receiver
-{
-	return unless $receiver_pid;
-	kill 'KILL', $receiver_pid;
-	waitpid($receiver_pid, 0);
-	$receiver_pid = undef;
-}
-
-END
-{
-	local $?;				# waitpid must not set the test's exit status
-	stop_receiver();
-}
+sub set_mode { HttpReceiver::set_mode($mode_file, @_); }
+sub start_receiver { $receiver->start; }
+sub stop_receiver { $receiver->stop; }
 
 # Logged requests: [{t, status, delay, key, auth, ctype, data => [...]}]
 sub requests
 {
-	my @r;
-	open(my $fh, '<', $log_file) or return ();
-	while (my $line = <$fh>)
-	{
-		chomp $line;
-		my @f = split /\t/, $line, 7;
-		next unless @f == 7;
-		push @r,
-		  {
-			t => $f[0],
-			status => $f[1],
-			delay => $f[2],
-			key => $f[3],
-			auth => $f[4],
-			ctype => $f[5],
-			data => decode_json($f[6])->{data}
-		  };
-	}
-	close $fh;
-	return @r;
+	return map { $_->{data} = decode_json($_->{body})->{data}; $_ } $receiver->requests;
 }
 
 # seqs of the requests the sink saw acknowledged (2xx within its 500 ms timeout),
@@ -189,6 +72,7 @@ SequinNode::setup_capture($node);
 
 set_mode(200, 0);
 start_receiver();
+my $port = $receiver->port;
 my $url = "http://127.0.0.1:$port/hook?token=secret";
 
 my $sink_id = $node->safe_psql('postgres', qq{
@@ -204,18 +88,7 @@ sub sink_stat
 		"SELECT $col FROM sequin_cdc.pg_stat_sinks WHERE name = '$name'");
 }
 
-sub wait_until
-{
-	my ($what, $cond, $timeout) = @_;
-	my $deadline = time() + ($timeout // 60);
-	while (time() < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(20_000);
-	}
-	fail("timed out waiting: $what");
-	return 0;
-}
+sub wait_until { return SequinNode::wait_until(@_); }
 
 wait_until('sink worker', sub { sink_stat('worker_pid') ne '' });
 is(sink_stat('endpoint'), "http://127.0.0.1:$port/hook",
@@ -473,7 +346,7 @@ is(sink_stat('delivered'), scalar(all_seqs()), 'pg_stat_sinks counts every deliv
 # ---------------------------------------------------------------------------
 {
 	set_mode(200, 0.03);
-	unlink $log_file;
+	$receiver->clear_log;
 	my $cursor0 = sink_stat('cursor_seq');
 	insert_rows(400, 400);
 	ok(SequinNode::wait_for_capture($node), 'backlog captured');
@@ -546,7 +419,7 @@ is(sink_stat('delivered'), scalar(all_seqs()), 'pg_stat_sinks counts every deliv
 		SELECT sequin_cdc.create_webhook_sink('app_hook', '$url',
 			headers => '{"Authorization": "Bearer app"}', batch_size => 50);
 	});
-	unlink $log_file;
+	$receiver->clear_log;
 	my $from = $node->safe_psql('postgres', 'SELECT max(seq) FROM sequin_cdc.changes');
 	wait_until('app sink worker', sub { sink_stat('worker_pid', 'app_hook') ne '' });
 	insert_rows(20, 5);

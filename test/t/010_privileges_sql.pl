@@ -24,103 +24,32 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Socket::INET;
+use HttpReceiver;
 use JSON::PP;
-use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use SequinNode;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
+SequinNode::require_extensions('pg_cron');
+
 my $dir = PostgreSQL::Test::Utils::tempdir();
 my $log_file = "$dir/requests.log";
 
 # ---------------------------------------------------------------------------
-# A webhook receiver: answers 200, logs each body on one line
+# A webhook receiver (test/t/HttpReceiver.pm): answers 200, logs each body
 # ---------------------------------------------------------------------------
-my $listener = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Listen => 16,
-	ReuseAddr => 1,
-	Proto => 'tcp') or die "cannot listen: $!";
-my $port = $listener->sockport;
-my $receiver_pid = fork();
-die "fork: $!" unless defined $receiver_pid;
-if ($receiver_pid == 0)
-{
-	$SIG{PIPE} = 'IGNORE';
-	while (my $c = $listener->accept)
-	{
-		my $buf = '';
-	  CONN: for (;;)
-		{
-			my $hend;
-			while (($hend = index($buf, "\r\n\r\n")) < 0)
-			{
-				my $n = sysread($c, $buf, 65536, length $buf);
-				last CONN unless $n;
-			}
-			my $head = substr($buf, 0, $hend);
-			$buf = substr($buf, $hend + 4);
-			my ($len) = $head =~ /^content-length:\s*(\d+)/mi;
-			$len //= 0;
-			while (length $buf < $len)
-			{
-				my $n = sysread($c, $buf, 65536, length $buf);
-				last CONN unless $n;
-			}
-			my $body = substr($buf, 0, $len);
-			$buf = substr($buf, $len);
-			open(my $lf, '>>', $log_file) or die $!;
-			print $lf "$body\n";
-			close $lf;
-			syswrite($c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-		}
-		close $c;
-	}
-	POSIX::_exit(0);
-}
-close $listener;
-
-END
-{
-	local $?;
-	if ($receiver_pid)
-	{
-		kill 'KILL', $receiver_pid;
-		waitpid($receiver_pid, 0);
-	}
-}
+my $receiver = HttpReceiver->new(log => $log_file, body => 1)->start;
+my $port = $receiver->port;
 
 # every change the receiver got: [{record, action, metadata}, ...]
 sub received
 {
-	my @r;
-	open(my $fh, '<', $log_file) or return ();
-	while (my $line = <$fh>)
-	{
-		chomp $line;
-		next if $line eq '';
-		push @r, @{ decode_json($line)->{data} };
-	}
-	close $fh;
-	return @r;
+	return map { @{ decode_json($_->{body})->{data} } } $receiver->requests;
 }
 
-sub wait_until
-{
-	my ($what, $cond, $timeout) = @_;
-	my $deadline = time() + ($timeout // 60);
-	while (time() < $deadline)
-	{
-		return 1 if $cond->();
-		usleep(50_000);
-	}
-	fail("timed out waiting: $what");
-	return 0;
-}
+sub wait_until { return SequinNode::wait_until(@_); }
 
 # ---------------------------------------------------------------------------
 # Server (pg_cron in this database)
