@@ -43,10 +43,17 @@
 
 #define WH_USER_AGENT			"sequin_cdc/0.1.0"
 
-/* Columns of the configuration query (wh_load_config) */
+/*
+ * The sink's columns the webhook reads at every step (config_columns),
+ * in this order; headers as "Name: value" lines, sorted by name.
+ */
+#define WH_CONFIG_COLUMNS \
+	"s.url, s.timeout_ms, " \
+	"ARRAY(SELECT pg_catalog.concat(h.key, ': ', h.value) " \
+	"FROM pg_catalog.jsonb_each_text(s.headers) h ORDER BY h.key)"
 enum
 {
-	WH_CONFIG_URL = 1,
+	WH_CONFIG_URL,
 	WH_CONFIG_TIMEOUT_MS,
 	WH_CONFIG_HEADERS,
 };
@@ -58,7 +65,6 @@ typedef struct WebhookState
 	char		errbuf[CURL_ERROR_SIZE];
 	char		response[WH_RESPONSE_KEEP + 1];	/* start of the response */
 	size_t		response_len;
-	SPIPlanPtr	config_plan;
 	/* the configuration, read at every step */
 	char	   *url;
 	int			timeout_ms;
@@ -224,32 +230,16 @@ wh_header_line_ok(const char *line)
  * checked again (the row may have been changed since it was created).
  */
 static void
-wh_load_config(void *state, const SinkConfig *sink)
+wh_load_config(void *state, const SinkConfig *sink, HeapTuple t, TupleDesc d,
+			   int first_column)
 {
 	WebhookState *st = (WebhookState *) state;
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(sink->id)};
-	SPIPlanPtr	plan;
-	HeapTuple	t;
-	TupleDesc	d;
 	bool		isnull;
 	Datum		v;
 
-	plan = sequin_cdc_sink_plan(&st->config_plan,
-								"SELECT s.url, s.timeout_ms, "
-								"ARRAY(SELECT pg_catalog.concat(h.key, ': ', h.value) "
-								"FROM pg_catalog.jsonb_each_text(s.headers) h ORDER BY h.key) "
-								"FROM sequin_cdc.sinks s WHERE s.id OPERATOR(pg_catalog.=) $1",
-								1, argtypes);
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read the webhook configuration of sink \"%s\"", sink->name);
-
-	t = SPI_tuptable->vals[0];
-	d = SPI_tuptable->tupdesc;
-	st->url = SPI_getvalue(t, d, WH_CONFIG_URL);
-	st->timeout_ms = DatumGetInt32(SPI_getbinval(t, d, WH_CONFIG_TIMEOUT_MS, &isnull));
-	v = SPI_getbinval(t, d, WH_CONFIG_HEADERS, &isnull);
+	st->url = SPI_getvalue(t, d, first_column + WH_CONFIG_URL);
+	st->timeout_ms = DatumGetInt32(SPI_getbinval(t, d, first_column + WH_CONFIG_TIMEOUT_MS, &isnull));
+	v = SPI_getbinval(t, d, first_column + WH_CONFIG_HEADERS, &isnull);
 	st->nheaders = 0;
 	st->headers = NULL;
 	st->user_content_type = false;
@@ -401,6 +391,7 @@ wh_destroy(void *state)
 
 const SinkType sequin_cdc_webhook_sink_type = {
 	.name = "webhook",
+	.config_columns = WH_CONFIG_COLUMNS,
 	.create = wh_create,
 	.load_config = wh_load_config,
 	.deliver = wh_deliver,

@@ -120,6 +120,7 @@ enum
 	SW_CONFIG_CURSOR_SEQ,
 	SW_CONFIG_EPOCH,
 	SW_CONFIG_OWNER,
+	SW_CONFIG_TYPE_COLUMNS,		/* the type's config_columns from here on */
 };
 
 /* Columns of the batch query (sw_read_batch), counted from 0 */
@@ -185,11 +186,10 @@ sw_error_context(void *arg)
 
 /*
  * A statement prepared once per worker (re-planned by the plan cache):
- * *plan, prepared from sql on first use.  Sink types use it for their
- * own configuration queries.
+ * *plan, prepared from sql on first use.
  */
-SPIPlanPtr
-sequin_cdc_sink_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+static SPIPlanPtr
+sw_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*plan == NULL)
 	{
@@ -214,8 +214,7 @@ sequin_cdc_sinks_table_exists(void)
 }
 
 /*
- * The sink type the sink's row names.  The worker keeps the type it
- * started with: its state (a connection, say) belongs to that type.
+ * The sink type of this name; an error if this library has none.
  */
 static const SinkType *
 sw_find_type(const char *kind)
@@ -227,37 +226,65 @@ sw_find_type(const char *kind)
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("sink \"%s\" has a type this server does not know: %s",
-					cfg.name, kind ? kind : "none"),
+			 errmsg("sink %lld has a type this server does not know: %s",
+					(long long) cfg.id, kind ? kind : "none"),
 			 errhint("Install the sequin_cdc library of the extension's version and restart the server, or drop the sink.")));
 	return NULL;				/* keep the compiler quiet */
 }
 
 /*
- * Read the sink's row into cfg, and its type's configuration into the
- * type's state (creating that state the first time); false if the row is
- * gone.  Inside the step's transaction, SPI connected.
+ * At the first step: find the sink's type, create its state and prepare
+ * the configuration query, the common columns followed by the type's.
+ * The worker keeps that type: its state (a connection, say) belongs to
+ * it.  False if the sink's row is gone.  SPI connected.
+ */
+static bool
+sw_choose_type(void)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(cfg.id)};
+	const SinkType *type;
+	char	   *kind;
+
+	if (SPI_execute_with_args("SELECT " SW_KIND_SQL " FROM sequin_cdc.sinks s "
+							  "WHERE s.id OPERATOR(pg_catalog.=) $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the sink's type");
+	if (SPI_processed != 1)
+		return false;
+	kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	type = sw_find_type(kind);
+
+	(void) sw_plan(&config_plan,
+				   psprintf("SELECT s.name, " SW_KIND_SQL ", "
+							"s.change_table::pg_catalog.oid, s.batch_size, s.state, "
+							"s.cursor_seq, s.replay_epoch, s.owner::pg_catalog.oid, %s "
+							"FROM sequin_cdc.sinks s WHERE s.id OPERATOR(pg_catalog.=) $1",
+							type->config_columns),
+				   1, argtypes);
+	type_state = type->create(&cfg, worker_cxt);
+	sink_type = type;
+	return true;
+}
+
+/*
+ * Read the sink's row into cfg, and its type's columns into the type's
+ * state; false if the row is gone.  Inside the step's transaction, SPI
+ * connected.
  */
 static bool
 sw_load_config(void)
 {
-	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(cfg.id)};
-	SPIPlanPtr	plan;
 	HeapTuple	t;
 	TupleDesc	d;
 	bool		isnull;
 	MemoryContext old;
-	const SinkType *type;
 	StringInfoData name_json;
 
-	plan = sequin_cdc_sink_plan(&config_plan,
-								"SELECT s.name, " SW_KIND_SQL ", "
-								"s.change_table::pg_catalog.oid, s.batch_size, s.state, "
-								"s.cursor_seq, s.replay_epoch, s.owner::pg_catalog.oid "
-								"FROM sequin_cdc.sinks s WHERE s.id OPERATOR(pg_catalog.=) $1",
-								1, argtypes);
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (sink_type == NULL && !sw_choose_type())
+		return false;
+	if (SPI_execute_plan(config_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the sink's configuration");
 	if (SPI_processed != 1)
 		return false;
@@ -279,20 +306,13 @@ sw_load_config(void)
 	cfg.cursor_seq = DatumGetInt64(SPI_getbinval(t, d, SW_CONFIG_CURSOR_SEQ, &isnull));
 	cfg.epoch = DatumGetInt32(SPI_getbinval(t, d, SW_CONFIG_EPOCH, &isnull));
 	cfg.owner = DatumGetObjectId(SPI_getbinval(t, d, SW_CONFIG_OWNER, &isnull));
-
-	type = sw_find_type(cfg.kind);
-	if (sink_type == NULL)
-	{
-		type_state = type->create(&cfg, worker_cxt);
-		sink_type = type;
-	}
-	else if (type != sink_type)
+	if (cfg.kind == NULL || strcmp(cfg.kind, sink_type->name) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the type of sink \"%s\" changed from %s to %s",
-						cfg.name, sink_type->name, type->name),
+						cfg.name, sink_type->name, cfg.kind ? cfg.kind : "none"),
 				 errhint("Pause the sink and resume it with sequin_cdc.resume_sink(): a new worker starts with the new type.")));
-	sink_type->load_config(type_state, &cfg);
+	sink_type->load_config(type_state, &cfg, t, d, SW_CONFIG_TYPE_COLUMNS);
 	MemoryContextSwitchTo(old);
 	return true;
 }
@@ -417,17 +437,17 @@ sw_prepare_read(void)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the change table of sink \"%s\" does not exist", cfg.name),
 				 errhint("Drop the sink with sequin_cdc.drop_sink() and create it again for an existing change table.")));
-	(void) sequin_cdc_sink_plan(&read_plan,
-								psprintf("SELECT seq::pg_catalog.int8, source_table_schema::pg_catalog.text, "
-										 "source_table_name::pg_catalog.text, record_pk::pg_catalog.text, "
-										 "record::pg_catalog.jsonb, changes::pg_catalog.jsonb, "
-										 "action::pg_catalog.text, committed_at::pg_catalog.timestamptz, "
-										 "transaction_annotations::pg_catalog.jsonb, "
-										 "source_database_id::pg_catalog.uuid "
-										 "FROM %s WHERE seq OPERATOR(pg_catalog.>) $1 "
-										 "ORDER BY seq LIMIT $2",
-										 quote_qualified_identifier(nsp, rel)),
-								2, argtypes);
+	(void) sw_plan(&read_plan,
+				   psprintf("SELECT seq::pg_catalog.int8, source_table_schema::pg_catalog.text, "
+							"source_table_name::pg_catalog.text, record_pk::pg_catalog.text, "
+							"record::pg_catalog.jsonb, changes::pg_catalog.jsonb, "
+							"action::pg_catalog.text, committed_at::pg_catalog.timestamptz, "
+							"transaction_annotations::pg_catalog.jsonb, "
+							"source_database_id::pg_catalog.uuid "
+							"FROM %s WHERE seq OPERATOR(pg_catalog.>) $1 "
+							"ORDER BY seq LIMIT $2",
+							quote_qualified_identifier(nsp, rel)),
+				   2, argtypes);
 	read_plan_table = cfg.change_table;
 }
 
@@ -507,7 +527,7 @@ sw_update_row(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	if (SPI_execute_plan(sequin_cdc_sink_plan(plan, sql, nargs, argtypes), args, nulls,
+	if (SPI_execute_plan(sw_plan(plan, sql, nargs, argtypes), args, nulls,
 						 false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not %s of sink %lld", what, (long long) cfg.id);
 	found = SPI_processed == 1;

@@ -17,7 +17,8 @@
 
 #include "postgres.h"
 
-#include "executor/spi.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "lib/stringinfo.h"
 
 #include "sequin_cdc.h"
@@ -103,11 +104,12 @@ typedef struct SinkResult
  * create: once, at the first step that finds the sink; returns the type's
  *		state (connections, buffers, its configuration), allocated in cxt,
  *		which lives as long as the worker.  It may throw.
- * load_config: at every step, inside a transaction with SPI connected,
- *		after the common columns (sink) are read; reads and checks the
- *		type's own configuration of the sink into its state, allocating in
- *		CurrentMemoryContext, which is reset before the next call.  An
- *		error is recorded in the sink's row and the step retried.
+ * load_config: at every step, inside a transaction with SPI connected:
+ *		the worker reads the sink's row, the common columns (sink) followed
+ *		by the type's config_columns, starting at column first_column of
+ *		row; the type reads and checks its columns into its state,
+ *		allocating in CurrentMemoryContext, which is reset before the next
+ *		call.  An error is recorded in the sink's row and the step retried.
  * deliver: sends the batch once, with no transaction open, and fills
  *		result (zeroed before).  CurrentMemoryContext is reset before each
  *		attempt.  It reports delivery failures in result rather than
@@ -119,8 +121,10 @@ typedef struct SinkResult
 typedef struct SinkType
 {
 	const char *name;			/* the sink's kind, e.g. "webhook" */
+	const char *config_columns; /* SQL select list over sequin_cdc.sinks s */
 	void	   *(*create) (const SinkConfig *sink, MemoryContext cxt);
-	void		(*load_config) (void *state, const SinkConfig *sink);
+	void		(*load_config) (void *state, const SinkConfig *sink,
+								HeapTuple row, TupleDesc desc, int first_column);
 	void		(*deliver) (void *state, const SinkConfig *sink,
 							const SinkBatch *batch, SinkResult *result);
 	void		(*destroy) (void *state);
@@ -131,7 +135,5 @@ extern const SinkType sequin_cdc_webhook_sink_type;
 
 extern PGDLLEXPORT void sequin_cdc_sink_main(Datum arg);
 extern bool sequin_cdc_sinks_table_exists(void);
-extern SPIPlanPtr sequin_cdc_sink_plan(SPIPlanPtr *plan, const char *sql,
-									   int nargs, Oid *argtypes);
 
 #endif							/* SEQUIN_CDC_SINK_WORKER_H */
