@@ -16,6 +16,8 @@ OBJS = \
 	src/backfill.o \
 	src/api.o \
 	src/run_as.o \
+	src/sink_api.o \
+	src/sink_worker.o \
 	src/sink_webhook.o
 
 EXTENSION = sequin_cdc

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * sink_webhook.h
- *		Webhook sinks: one background worker per sink POSTs the rows of a
- *		change table, in seq order, to an HTTP endpoint with libcurl.
+ *		Webhook sinks: the sink type that POSTs a batch of changes to an
+ *		HTTP endpoint with libcurl (sequin_cdc_webhook_sink_type, declared
+ *		with the other types in sink_worker.h), and its URL checks.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,13 +13,12 @@
 #include "postgres.h"
 
 /*
- * Start a worker for every active sink of this database that has none.
- * The capture worker calls it when it starts, inside a transaction with an
- * active snapshot, so that sinks deliver again after a server restart.
+ * capture.c includes this header for sequin_cdc_launch_sinks(), which is
+ * in sink_api.h now; to be dropped once capture.c includes sink_api.h.
  */
-extern void sequin_cdc_launch_sinks(void);
+#include "sink_api.h"
 
-extern void sequin_cdc_launch_sink(int64 sink_id, Oid dboid);
-extern PGDLLEXPORT void sequin_cdc_sink_main(Datum arg);
+extern const char *sequin_cdc_webhook_url_problem(const char *url);
+extern char *sequin_cdc_webhook_endpoint(const char *url);
 
 #endif							/* SEQUIN_CDC_SINK_WEBHOOK_H */
