@@ -69,8 +69,8 @@
 #include "change_writer.h"
 #include "compat.h"
 #include "output_plugin.h"
-#include "sink_webhook.h"
 #include "sequin_cdc.h"
+#include "sink_api.h"
 
 typedef struct CaptureConfig
 {

@@ -359,6 +359,19 @@ sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop)
 	return pid != 0;
 }
 
+/*
+ * Copy the sink registry (all SEQUIN_CDC_MAX_SINKS entries, in use or not)
+ * into copy, under the lock, for the list of running sink workers.
+ */
+void
+sequin_cdc_copy_sink_entries(SinkShared *copy)
+{
+	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	memcpy(copy, SequinCdcShared_state->sinks,
+		   sizeof(SinkShared) * SEQUIN_CDC_MAX_SINKS);
+	LWLockRelease(SequinCdcShared_state->lock);
+}
+
 /* Wake the sink workers of a database: capture just committed rows. */
 void
 sequin_cdc_wake_sinks(Oid dboid)

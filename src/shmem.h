@@ -110,6 +110,7 @@ extern int	sequin_cdc_sink_attach(int64 sink_id);
 extern void sequin_cdc_sink_detach(int idx);
 extern bool sequin_cdc_sink_running(Oid dboid, int64 sink_id);
 extern bool sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop);
+extern void sequin_cdc_copy_sink_entries(SinkShared *copy);
 extern void sequin_cdc_wake_sinks(Oid dboid);
 
 #endif							/* SEQUIN_CDC_SHMEM_H */

@@ -26,25 +26,18 @@
  */
 #include "postgres.h"
 
-#include <signal.h>
-
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "nodes/pg_list.h"
-#include "postmaster/bgworker.h"
-#include "storage/latch.h"
-#include "storage/lwlock.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
 
 #include "sequin_cdc.h"
 #include "sink_api.h"
 #include "sink_webhook.h"
 #include "sink_worker.h"
+#include "workers.h"
 
 PG_FUNCTION_INFO_V1(sequin_cdc_sink_check_url);
 PG_FUNCTION_INFO_V1(sequin_cdc_sink_endpoint);
@@ -90,150 +83,9 @@ sequin_cdc_sink_endpoint(PG_FUNCTION_ARGS)
 }
 
 /* ----------------------------------------------------------------
- * Starting and stopping workers at commit
- *
- * To be replaced by workers.c (sequin_cdc_start_worker and its
- * commit-time action queue): sapi_launch_worker, sink_xact_callback,
- * sink_subxact_callback and queue_sink_action are this file's own copies
- * of those mechanisms until then.
+ * Starting and stopping workers at commit (workers.c runs the actions)
  * ----------------------------------------------------------------
  */
-
-typedef enum SinkAction
-{
-	SINK_START,					/* start a worker (it waits for a stopping one) */
-	SINK_WAKE,					/* wake the worker, or start one if none runs */
-	SINK_STOP,					/* terminate the worker */
-} SinkAction;
-
-typedef struct PendingSinkAction
-{
-	int64		sink_id;
-	SinkAction	action;
-	SubTransactionId subid;
-} PendingSinkAction;
-
-static List *pending_actions = NIL;	/* in TopMemoryContext */
-static bool sink_callbacks_registered = false;
-
-/*
- * Start a worker for the sink (to be replaced by workers.c); only warns
- * when none can start, as it runs after a commit.
- */
-static void
-sapi_launch_worker(int64 sink_id, Oid dboid)
-{
-	BackgroundWorker bgw;
-	SinkWorkerArg a = {sink_id, dboid};
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "sequin_cdc");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "sequin_cdc_sink_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "sequin_cdc sink %lld", (long long) sink_id);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "sequin_cdc sink");
-	memcpy(bgw.bgw_extra, &a, sizeof(a));
-	if (!RegisterDynamicBackgroundWorker(&bgw, NULL))
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start a worker for sink %lld", (long long) sink_id),
-				 errhint("Raise max_worker_processes, then call sequin_cdc.resume_sink(); sinks also start when the capture worker of their database starts.")));
-}
-
-/*
- * Stop the worker of a sink of this database (SIGTERM), or wake it (its
- * latch); false if none runs.
- */
-static bool
-sapi_signal_worker(int64 sink_id, bool stop)
-{
-	pid_t		pid = 0;
-
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
-	{
-		SinkShared *s = &SequinCdcShared_state->sinks[i];
-
-		if (s->in_use && s->dboid == MyDatabaseId && s->sink_id == sink_id)
-		{
-			pid = s->pid;
-			if (!stop && s->latch)
-				SetLatch(s->latch);
-		}
-	}
-	LWLockRelease(SequinCdcShared_state->lock);
-	if (pid != 0 && stop)
-		(void) kill(pid, SIGTERM);
-	return pid != 0;
-}
-
-/*
- * At commit, act on the last request per sink: a worker started before the
- * commit would not see the new row or state, and stopping one for a drop
- * that is rolled back would leave an active sink without a worker.  This
- * runs after the commit record, where nothing may throw: launching only
- * warns.
- */
-static void
-sink_xact_callback(XactEvent event, void *arg)
-{
-	ListCell   *lc;
-
-	if (event == XACT_EVENT_COMMIT)
-	{
-		foreach(lc, pending_actions)
-		{
-			PendingSinkAction *a = lfirst(lc);
-			bool		superseded = false;
-			ListCell   *later;
-
-			for_each_cell(later, pending_actions, lnext(pending_actions, lc))
-			{
-				if (((PendingSinkAction *) lfirst(later))->sink_id == a->sink_id)
-					superseded = true;
-			}
-			if (superseded)
-				continue;
-			if (a->action == SINK_STOP)
-				(void) sapi_signal_worker(a->sink_id, true);
-			else if (!sapi_signal_worker(a->sink_id, false) || a->action == SINK_START)
-				sapi_launch_worker(a->sink_id, MyDatabaseId);
-		}
-	}
-	/* (a prepared transaction forgets them: resume_sink() after COMMIT PREPARED) */
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PREPARE ||
-		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-	{
-		list_free_deep(pending_actions);
-		pending_actions = NIL;
-	}
-}
-
-/* Requests made in a rolled back subtransaction are forgotten. */
-static void
-sink_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-					  SubTransactionId parentSubid, void *arg)
-{
-	ListCell   *lc;
-
-	foreach(lc, pending_actions)
-	{
-		PendingSinkAction *a = lfirst(lc);
-
-		if (a->subid != mySubid)
-			continue;
-		if (event == SUBXACT_EVENT_ABORT_SUB)
-		{
-			pending_actions = foreach_delete_current(pending_actions, lc);
-			pfree(a);
-		}
-		else if (event == SUBXACT_EVENT_COMMIT_SUB)
-			a->subid = parentSubid;
-	}
-}
 
 /*
  * The caller may act on a sink only if it can see its row: superusers see
@@ -260,32 +112,15 @@ sapi_require_visible_sink(int64 sink_id)
 }
 
 /*
- * Act on the sink when the transaction commits (to be replaced by
- * workers.c), if the caller may see it.
+ * Act on the sink when the transaction commits (sequin_cdc_at_commit), if
+ * the caller may see it.
  */
 static void
-queue_sink_action(int64 sink_id, SinkAction action)
+sapi_at_commit(int64 sink_id, SequinCommitAction action)
 {
-	PendingSinkAction *a;
-
 	sequin_cdc_require_preload();
 	sapi_require_visible_sink(sink_id);
-	if (!sink_callbacks_registered)
-	{
-		RegisterXactCallback(sink_xact_callback, NULL);
-		RegisterSubXactCallback(sink_subxact_callback, NULL);
-		sink_callbacks_registered = true;
-	}
-	a = MemoryContextAlloc(TopMemoryContext, sizeof(PendingSinkAction));
-	a->sink_id = sink_id;
-	a->action = action;
-	a->subid = GetCurrentSubTransactionId();
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		pending_actions = lappend(pending_actions, a);
-		MemoryContextSwitchTo(old);
-	}
+	sequin_cdc_at_commit(action, sink_id);
 }
 
 /*
@@ -296,7 +131,7 @@ queue_sink_action(int64 sink_id, SinkAction action)
 Datum
 sequin_cdc_sink_start(PG_FUNCTION_ARGS)
 {
-	queue_sink_action(PG_GETARG_INT64(0), SINK_START);
+	sapi_at_commit(PG_GETARG_INT64(0), SEQUIN_AT_COMMIT_START_SINK);
 	PG_RETURN_VOID();
 }
 
@@ -304,7 +139,7 @@ sequin_cdc_sink_start(PG_FUNCTION_ARGS)
 Datum
 sequin_cdc_sink_wake(PG_FUNCTION_ARGS)
 {
-	queue_sink_action(PG_GETARG_INT64(0), SINK_WAKE);
+	sapi_at_commit(PG_GETARG_INT64(0), SEQUIN_AT_COMMIT_WAKE_SINK);
 	PG_RETURN_VOID();
 }
 
@@ -312,7 +147,7 @@ sequin_cdc_sink_wake(PG_FUNCTION_ARGS)
 Datum
 sequin_cdc_sink_stop(PG_FUNCTION_ARGS)
 {
-	queue_sink_action(PG_GETARG_INT64(0), SINK_STOP);
+	sapi_at_commit(PG_GETARG_INT64(0), SEQUIN_AT_COMMIT_STOP_SINK);
 	PG_RETURN_VOID();
 }
 
@@ -326,9 +161,7 @@ sequin_cdc_sink_workers(PG_FUNCTION_ARGS)
 	sequin_cdc_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	memcpy(copy, SequinCdcShared_state->sinks, sizeof(copy));
-	LWLockRelease(SequinCdcShared_state->lock);
+	sequin_cdc_copy_sink_entries(copy);
 
 	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
 	{
@@ -364,7 +197,8 @@ sequin_cdc_launch_sinks(void)
 														 SPI_tuptable->tupdesc, 1, &isnull));
 
 			if (!sequin_cdc_sink_running(MyDatabaseId, id))
-				sapi_launch_worker(id, MyDatabaseId);
+				(void) sequin_cdc_start_worker(SEQUIN_WORKER_SINK, id, MyDatabaseId,
+											   NULL, NULL);
 		}
 	}
 	SPI_finish();

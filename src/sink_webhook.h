@@ -12,12 +12,6 @@
 
 #include "postgres.h"
 
-/*
- * capture.c includes this header for sequin_cdc_launch_sinks(), which is
- * in sink_api.h now; to be dropped once capture.c includes sink_api.h.
- */
-#include "sink_api.h"
-
 extern const char *sequin_cdc_webhook_url_problem(const char *url);
 extern char *sequin_cdc_webhook_endpoint(const char *url);
 

@@ -84,6 +84,7 @@
 #include "run_as.h"
 #include "sequin_cdc.h"
 #include "sink_worker.h"
+#include "workers.h"
 
 /* Retry delays: 100 ms doubling up to 30 s, half of each one random */
 #define SINK_BACKOFF_BASE_MS	100
@@ -886,21 +887,14 @@ sw_attach(void)
 void
 sequin_cdc_sink_main(Datum arg)
 {
-	SinkWorkerArg a;
+	SequinWorkerArg a;
 	ErrorContextCallback errcb;
 
-	memcpy(&a, MyBgworkerEntry->bgw_extra, sizeof(a));
+	/* as the bootstrap superuser: no LOGIN needed, sees every sink's row */
+	a = sequin_cdc_worker_init();
 	memset(&cfg, 0, sizeof(cfg));
 	memset(&pending, 0, sizeof(pending));
-	cfg.id = a.sink_id;
-
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	/* the bootstrap superuser: no LOGIN needed, sees every sink's row */
-	BackgroundWorkerInitializeConnectionByOid(a.dboid, InvalidOid, 0);
-	pgstat_report_appname("sequin_cdc sink");
+	cfg.id = a.id;
 
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "sequin_cdc sink",
 									   ALLOCSET_DEFAULT_SIZES);

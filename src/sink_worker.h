@@ -23,13 +23,6 @@
 
 #include "sequin_cdc.h"
 
-/* What a sink worker is started with (bgw_extra) */
-typedef struct SinkWorkerArg
-{
-	int64		sink_id;
-	Oid			dboid;
-} SinkWorkerArg;
-
 /* The columns of the sink's row every sink type has, read at every step */
 typedef struct SinkConfig
 {

@@ -11,27 +11,8 @@
  * action with sequin_cdc_at_commit(), and it runs after the commit that
  * makes the change visible, or not at all.
  *
- * The sink code (sink_api.c) uses them like this:
- *
- *   - start a sink worker (sequin_cdc_launch_sink today, and in
- *     sequin_cdc_launch_sinks):
- *         sequin_cdc_start_worker(SEQUIN_WORKER_SINK, sink_id, MyDatabaseId,
- *                                 NULL, NULL);
- *     and sequin_cdc_sink_main begins with
- *         SequinWorkerArg a = sequin_cdc_worker_init();   (a.id, a.dboid)
- *     in place of its memcpy of SinkWorkerArg (same bytes: int64 id, then
- *     Oid dboid), pqsignal, BackgroundWorkerUnblockSignals,
- *     BackgroundWorkerInitializeConnectionByOid and pgstat_report_appname;
- *
- *   - _start_sink / _wake_sink / _stop_sink, after their checks
- *     (require_visible_sink):
- *         sequin_cdc_at_commit(SEQUIN_AT_COMMIT_START_SINK, sink_id);
- *         sequin_cdc_at_commit(SEQUIN_AT_COMMIT_WAKE_SINK, sink_id);
- *         sequin_cdc_at_commit(SEQUIN_AT_COMMIT_STOP_SINK, sink_id);
- *     which replace queue_sink_action, sink_xact_callback,
- *     sink_subxact_callback and signal_sink_worker (now
- *     sequin_cdc_signal_sink in shmem.h).  One difference: a transaction
- *     that queued an action can no longer be prepared (see below).
+ * Users: launcher.c (capture workers), api.c (create_slot wakes the
+ * launcher), backfill.c (backfill workers), sink_api.c (sink workers).
  *
  *-------------------------------------------------------------------------
  */
