@@ -134,9 +134,9 @@ set_decoding_flag(bool decoding)
 static void
 set_state(CaptureState state)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	my_entry->state = state;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* Is drop_slot() waiting for this worker to let the slot go? */
@@ -145,9 +145,9 @@ drop_requested(void)
 {
 	bool		r;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
 	r = my_entry->drop_requested;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	return r;
 }
 
@@ -155,7 +155,7 @@ drop_requested(void)
 static void
 capture_detach(int code, Datum arg)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	if (my_entry->pid == MyProcPid)
 	{
 		my_entry->pid = 0;
@@ -163,7 +163,7 @@ capture_detach(int code, Datum arg)
 		my_entry->state = CAPTURE_STOPPED;
 		my_entry->origin = InvalidRepOriginId;
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* errcontext: which slot, where in the WAL, which transaction and table */
@@ -399,11 +399,11 @@ write_batch(CaptureConfig *cfg, CaptureBatch *b)
 		sequin_cdc_wake_sinks(MyDatabaseId);
 	}
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	my_entry->changes_captured += rows;
 	my_entry->transactions_captured += b->ntxns;
 	my_entry->last_commit_time = b->last_commit_time;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 
 	sequin_cdc_buffer_reset(b->buffer);
 	b->ntxns = 0;
@@ -429,10 +429,10 @@ confirm_progress(LogicalDecodingContext *ctx, CaptureBatch *b)
 		ReplicationSlotMarkDirty();
 	}
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	my_entry->last_decoded_lsn = ctx->reader->EndRecPtr;
 	my_entry->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /*
@@ -500,9 +500,9 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	my_entry->origin = origin;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 
 	sequin_cdc_slot_acquire(cfg->slot_name);
 
@@ -643,20 +643,20 @@ sequin_cdc_capture_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	my_entry = &SequinCdcShared_state->slots[my_index];
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	my_entry = &sequin_cdc_shared->slots[my_index];
 	if (!my_entry->in_use || strcmp(NameStr(my_entry->slot_name), cfg.slot_name) != 0 ||
 		my_entry->pid != 0)
 	{
 		/* the slot went away, or another worker already serves it */
-		LWLockRelease(SequinCdcShared_state->lock);
+		LWLockRelease(sequin_cdc_shared->lock);
 		proc_exit(0);
 	}
 	dboid = my_entry->dboid;
 	my_entry->pid = MyProcPid;
 	my_entry->latch = MyLatch;
 	my_entry->state = CAPTURE_STARTING;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	before_shmem_exit(capture_detach, (Datum) 0);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -701,12 +701,12 @@ sequin_cdc_capture_main(Datum arg)
 		LWLockReleaseAll();
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+		LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 		my_entry->errors++;
 		my_entry->last_error_time = GetCurrentTimestamp();
 		strlcpy(my_entry->last_error, edata->message ? edata->message : "unknown error",
 				SEQUIN_CDC_ERROR_LEN);
-		LWLockRelease(SequinCdcShared_state->lock);
+		LWLockRelease(sequin_cdc_shared->lock);
 		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}

@@ -68,7 +68,7 @@ launcher_start_capture(int idx, const char *slot_name, Oid dboid)
 static int
 launcher_entry_for(const char *name, Oid dboid)
 {
-	SequinCdcShared *sh = SequinCdcShared_state;
+	SequinCdcShared *sh = sequin_cdc_shared;
 	int			idx = sequin_cdc_find_slot_entry(name);
 
 	if (idx >= 0 && sh->slots[idx].dboid != dboid)
@@ -101,7 +101,7 @@ launcher_entry_for(const char *name, Oid dboid)
 static void
 launcher_scan(void)
 {
-	SequinCdcShared *sh = SequinCdcShared_state;
+	SequinCdcShared *sh = sequin_cdc_shared;
 	TimestampTz now = GetCurrentTimestamp();
 	bool	   *seen = palloc0(sizeof(bool) * sh->nslots);
 
@@ -176,7 +176,7 @@ sequin_cdc_launcher_main(Datum arg)
 
 	launcher_handles = MemoryContextAllocZero(TopMemoryContext,
 											  sizeof(BackgroundWorkerHandle *) *
-											  SequinCdcShared_state->nslots);
+											  sequin_cdc_shared->nslots);
 	sequin_cdc_launcher_attach();
 
 	pgstat_report_appname("sequin_cdc launcher");

@@ -28,7 +28,7 @@
 
 #define SHMEM_NAME "sequin_cdc"
 
-SequinCdcShared *SequinCdcShared_state = NULL;
+SequinCdcShared *sequin_cdc_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -61,12 +61,12 @@ shmem_startup(void)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	SequinCdcShared_state = ShmemInitStruct(SHMEM_NAME, shmem_size(), &found);
+	sequin_cdc_shared = ShmemInitStruct(SHMEM_NAME, shmem_size(), &found);
 	if (!found)
 	{
-		memset(SequinCdcShared_state, 0, shmem_size());
-		SequinCdcShared_state->lock = &(GetNamedLWLockTranche(SHMEM_NAME))->lock;
-		SequinCdcShared_state->nslots = max_replication_slots;
+		memset(sequin_cdc_shared, 0, shmem_size());
+		sequin_cdc_shared->lock = &(GetNamedLWLockTranche(SHMEM_NAME))->lock;
+		sequin_cdc_shared->nslots = max_replication_slots;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -90,7 +90,7 @@ sequin_cdc_shmem_init(void)
 void
 sequin_cdc_require_preload(void)
 {
-	if (SequinCdcShared_state == NULL)
+	if (sequin_cdc_shared == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("sequin_cdc must be loaded via shared_preload_libraries"),
@@ -106,9 +106,9 @@ sequin_cdc_require_preload(void)
 int
 sequin_cdc_find_slot_entry(const char *slot_name)
 {
-	for (int i = 0; i < SequinCdcShared_state->nslots; i++)
+	for (int i = 0; i < sequin_cdc_shared->nslots; i++)
 	{
-		CaptureSlotShared *e = &SequinCdcShared_state->slots[i];
+		CaptureSlotShared *e = &sequin_cdc_shared->slots[i];
 
 		if (e->in_use && strcmp(NameStr(e->slot_name), slot_name) == 0)
 			return i;
@@ -126,17 +126,17 @@ sequin_cdc_request_slot_drop(const char *slot_name)
 {
 	int			idx;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	idx = sequin_cdc_find_slot_entry(slot_name);
 	if (idx >= 0)
 	{
-		CaptureSlotShared *e = &SequinCdcShared_state->slots[idx];
+		CaptureSlotShared *e = &sequin_cdc_shared->slots[idx];
 
 		e->drop_requested = true;
 		if (e->latch)
 			SetLatch(e->latch);
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	return idx;
 }
 
@@ -146,9 +146,9 @@ sequin_cdc_cancel_slot_drop(int idx)
 {
 	if (idx < 0)
 		return;
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	SequinCdcShared_state->slots[idx].drop_requested = false;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	sequin_cdc_shared->slots[idx].drop_requested = false;
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /*
@@ -160,10 +160,10 @@ sequin_cdc_release_slot_entry(int idx, const char *slot_name)
 {
 	if (idx < 0)
 		return;
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	if (strcmp(NameStr(SequinCdcShared_state->slots[idx].slot_name), slot_name) == 0)
-		memset(&SequinCdcShared_state->slots[idx], 0, sizeof(CaptureSlotShared));
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (strcmp(NameStr(sequin_cdc_shared->slots[idx].slot_name), slot_name) == 0)
+		memset(&sequin_cdc_shared->slots[idx], 0, sizeof(CaptureSlotShared));
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /*
@@ -173,12 +173,12 @@ sequin_cdc_release_slot_entry(int idx, const char *slot_name)
 CaptureSlotShared *
 sequin_cdc_copy_slot_entries(int *nslots)
 {
-	int			n = SequinCdcShared_state->nslots;
+	int			n = sequin_cdc_shared->nslots;
 	CaptureSlotShared *copy = palloc(sizeof(CaptureSlotShared) * n);
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	memcpy(copy, SequinCdcShared_state->slots, sizeof(CaptureSlotShared) * n);
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
+	memcpy(copy, sequin_cdc_shared->slots, sizeof(CaptureSlotShared) * n);
+	LWLockRelease(sequin_cdc_shared->lock);
 	*nslots = n;
 	return copy;
 }
@@ -192,20 +192,20 @@ sequin_cdc_copy_slot_entries(int *nslots)
 static void
 shmem_launcher_detach(int code, Datum arg)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	SequinCdcShared_state->launcher_latch = NULL;
-	SequinCdcShared_state->launcher_pid = 0;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	sequin_cdc_shared->launcher_latch = NULL;
+	sequin_cdc_shared->launcher_pid = 0;
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* Publish this process's latch as the launcher's, until it exits. */
 void
 sequin_cdc_launcher_attach(void)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	SequinCdcShared_state->launcher_latch = MyLatch;
-	SequinCdcShared_state->launcher_pid = MyProcPid;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	sequin_cdc_shared->launcher_latch = MyLatch;
+	sequin_cdc_shared->launcher_pid = MyProcPid;
+	LWLockRelease(sequin_cdc_shared->lock);
 	before_shmem_exit(shmem_launcher_detach, (Datum) 0);
 }
 
@@ -215,9 +215,9 @@ sequin_cdc_wake_launcher(void)
 {
 	Latch	   *latch;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	latch = SequinCdcShared_state->launcher_latch;
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
+	latch = sequin_cdc_shared->launcher_latch;
+	LWLockRelease(sequin_cdc_shared->lock);
 	if (latch)
 		SetLatch(latch);
 }
@@ -237,11 +237,11 @@ sequin_cdc_wake_launcher(void)
 bool
 sequin_cdc_is_own_origin(RepOriginId origin)
 {
-	if (origin == InvalidRepOriginId || SequinCdcShared_state == NULL)
+	if (origin == InvalidRepOriginId || sequin_cdc_shared == NULL)
 		return false;
-	for (int i = 0; i < SequinCdcShared_state->nslots; i++)
+	for (int i = 0; i < sequin_cdc_shared->nslots; i++)
 	{
-		if (SequinCdcShared_state->slots[i].origin == origin)
+		if (sequin_cdc_shared->slots[i].origin == origin)
 			return true;
 	}
 	return false;
@@ -275,14 +275,14 @@ sequin_cdc_sink_attach(int64 sink_id)
 {
 	int			idx = -1;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
 	{
-		SinkShared *s = &SequinCdcShared_state->sinks[i];
+		SinkShared *s = &sequin_cdc_shared->sinks[i];
 
 		if (s->in_use && s->dboid == MyDatabaseId && s->sink_id == sink_id)
 		{
-			LWLockRelease(SequinCdcShared_state->lock);
+			LWLockRelease(sequin_cdc_shared->lock);
 			return -1;
 		}
 		if (!s->in_use && idx < 0)
@@ -290,7 +290,7 @@ sequin_cdc_sink_attach(int64 sink_id)
 	}
 	if (idx >= 0)
 	{
-		SinkShared *s = &SequinCdcShared_state->sinks[idx];
+		SinkShared *s = &sequin_cdc_shared->sinks[idx];
 
 		s->in_use = true;
 		s->dboid = MyDatabaseId;
@@ -298,7 +298,7 @@ sequin_cdc_sink_attach(int64 sink_id)
 		s->pid = MyProcPid;
 		s->latch = MyLatch;
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	if (idx >= 0)
 		before_shmem_exit(shmem_sink_detach_cb, Int32GetDatum(idx));
 	return idx;
@@ -308,10 +308,10 @@ sequin_cdc_sink_attach(int64 sink_id)
 void
 sequin_cdc_sink_detach(int idx)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_EXCLUSIVE);
-	if (SequinCdcShared_state->sinks[idx].pid == MyProcPid)
-		memset(&SequinCdcShared_state->sinks[idx], 0, sizeof(SinkShared));
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (sequin_cdc_shared->sinks[idx].pid == MyProcPid)
+		memset(&sequin_cdc_shared->sinks[idx], 0, sizeof(SinkShared));
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* Does a worker run for this sink of that database? */
@@ -320,15 +320,15 @@ sequin_cdc_sink_running(Oid dboid, int64 sink_id)
 {
 	bool		running = false;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
 	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
 	{
-		SinkShared *s = &SequinCdcShared_state->sinks[i];
+		SinkShared *s = &sequin_cdc_shared->sinks[i];
 
 		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
 			running = true;
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	return running;
 }
 
@@ -341,10 +341,10 @@ sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop)
 {
 	pid_t		pid = 0;
 
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
 	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
 	{
-		SinkShared *s = &SequinCdcShared_state->sinks[i];
+		SinkShared *s = &sequin_cdc_shared->sinks[i];
 
 		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
 		{
@@ -353,7 +353,7 @@ sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop)
 				SetLatch(s->latch);
 		}
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 	if (pid != 0 && stop)
 		(void) kill(pid, SIGTERM);
 	return pid != 0;
@@ -366,23 +366,23 @@ sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop)
 void
 sequin_cdc_copy_sink_entries(SinkShared *copy)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
-	memcpy(copy, SequinCdcShared_state->sinks,
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
+	memcpy(copy, sequin_cdc_shared->sinks,
 		   sizeof(SinkShared) * SEQUIN_CDC_MAX_SINKS);
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* Wake the sink workers of a database: capture just committed rows. */
 void
 sequin_cdc_wake_sinks(Oid dboid)
 {
-	LWLockAcquire(SequinCdcShared_state->lock, LW_SHARED);
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
 	for (int i = 0; i < SEQUIN_CDC_MAX_SINKS; i++)
 	{
-		SinkShared *s = &SequinCdcShared_state->sinks[i];
+		SinkShared *s = &sequin_cdc_shared->sinks[i];
 
 		if (s->in_use && s->dboid == dboid && s->latch)
 			SetLatch(s->latch);
 	}
-	LWLockRelease(SequinCdcShared_state->lock);
+	LWLockRelease(sequin_cdc_shared->lock);
 }

@@ -84,7 +84,7 @@ typedef struct SequinCdcShared
 	CaptureSlotShared slots[FLEXIBLE_ARRAY_MEMBER];
 } SequinCdcShared;
 
-extern SequinCdcShared *SequinCdcShared_state;
+extern SequinCdcShared *sequin_cdc_shared;
 
 /* Set-up, from _PG_init */
 extern void sequin_cdc_shmem_init(void);
