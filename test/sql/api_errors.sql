@@ -186,6 +186,12 @@ SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ae_td';
 SELECT pg_drop_replication_slot('ae_td');
 SELECT sequin_cdc.wait_for_capture('ae_nosuch');
 
+-- a slot of our plugin is consumed by its capture worker only
+SELECT 'created' FROM pg_create_logical_replication_slot('ae_raw', 'sequin_cdc');
+SELECT count(*) FROM pg_logical_slot_peek_changes('ae_raw', NULL, NULL);
+SELECT count(*) FROM pg_logical_slot_get_binary_changes('ae_raw', NULL, NULL);
+SELECT pg_drop_replication_slot('ae_raw');
+
 -- clean up
 SELECT sequin_cdc.drop_slot('ae_s');
 SELECT sequin_cdc.drop_slot('ae_s2');
