@@ -246,19 +246,37 @@ workers_run_action(WorkersPending *p)
 	}
 }
 
-/* Is an action superseded by a later one on the same target in the list? */
+/*
+ * Is an action superseded by another on the same target in the list?  The
+ * last start or stop wins (a pause then a resume starts a worker, a resume
+ * then a drop stops it); a wake only wakes what those leave running, so it
+ * never overrides them: resume_sink() then replay_sink() must still start a
+ * worker when the old one is on its way out.
+ */
 static bool
 workers_superseded(List *pending, ListCell *cell)
 {
 	WorkersPending *p = lfirst(cell);
-	ListCell   *later;
+	bool		p_wake = (p->action == SEQUIN_AT_COMMIT_WAKE_SINK);
+	bool		later = false;
+	ListCell   *lc;
 
-	for_each_cell(later, pending, lnext(pending, cell))
+	foreach(lc, pending)
 	{
-		WorkersPending *q = lfirst(later);
+		WorkersPending *q = lfirst(lc);
+		bool		q_wake = (q->action == SEQUIN_AT_COMMIT_WAKE_SINK);
 
-		if (q->id == p->id && workers_target(q->action) == workers_target(p->action))
-			return true;
+		if (lc == cell)
+		{
+			later = true;
+			continue;
+		}
+		if (q->id != p->id || workers_target(q->action) != workers_target(p->action))
+			continue;
+		if (later && (!q_wake || p_wake))
+			return true;		/* a later start/stop, or a later wake of a wake */
+		if (!later && p_wake && !q_wake)
+			return true;		/* a wake after a start/stop adds nothing */
 	}
 	return false;
 }

@@ -80,8 +80,9 @@ typedef enum SequinCommitAction
  *   - at commit, the actions run in the order they were queued, after the
  *     commit record, where nothing may fail: starting only warns;
  *   - for each target (the launcher, one backfill, one sink) only the last
- *     action queued runs: a pause then a resume of a sink in one
- *     transaction starts a worker, a resume then a drop stops it;
+ *     start or stop queued runs: a pause then a resume of a sink in one
+ *     transaction starts a worker, a resume then a drop stops it; a wake
+ *     runs only when no start or stop of that sink is queued;
  *   - the actions of a subtransaction that rolls back are forgotten, those
  *     of one that commits pass to its parent;
  *   - a rollback forgets them all;

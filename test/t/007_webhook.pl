@@ -384,6 +384,27 @@ is(sink_stat('delivered'), scalar(all_seqs()), 'pg_stat_sinks counts every deliv
 	wait_until('delivered after resume', sub { sink_stat('backlog') eq '0' }, 10);
 	isnt(sink_stat('worker_pid'), '', 'a worker runs after resume');
 
+	# a pause, then a resume and a replay in one transaction while the
+	# paused worker is still on its way out (held there with SIGSTOP): the
+	# replay's wake must not replace the resume's start, or the wake finds
+	# the old worker, starts none, and the sink is left with no worker
+	my $before = scalar(requests());
+	my $last = $node->safe_psql('postgres', "SELECT max(seq) FROM sequin_cdc.changes");
+	my $old = sink_stat('worker_pid');
+	kill 'STOP', $old;
+	$node->safe_psql('postgres', "SELECT sequin_cdc.pause_sink('hook');"
+		. " BEGIN; SELECT sequin_cdc.resume_sink('hook');"
+		. " SELECT sequin_cdc.replay_sink_from_seq('hook', $last); COMMIT;");
+	usleep(300_000);
+	kill 'CONT', $old;
+	wait_until('a worker runs after pause, then resume + replay',
+		sub { sink_stat('worker_pid') ne '' && sink_stat('backlog') eq '0'
+			  && scalar(requests()) > $before }, 10);
+	is(sink_stat('state'), 'active', 'resume + replay after a pause: the sink is active');
+	my @all = requests();
+	my @resent = map { map { $_->{metadata}{seq} } @{ $_->{data} } } @all[$before .. $#all];
+	ok((grep { $_ == $last } @resent), "the replayed change (seq $last) was sent again by the new worker");
+
 	# pause and resume in one transaction: a worker keeps running
 	$node->safe_psql('postgres', "BEGIN; SELECT sequin_cdc.pause_sink('hook'); SELECT sequin_cdc.resume_sink('hook'); COMMIT;");
 	usleep(500_000);
