@@ -527,7 +527,8 @@ COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, 
 -- scheduled in a subtransaction that is always rolled back, so nothing stays
 -- but a used job id. Null too when pg_cron cannot be asked here (not in this
 -- database, or the role may not schedule): whoever schedules the job then
--- gets pg_cron's error.
+-- gets pg_cron's error. Any other refusal (cron.enable_superuser_jobs =
+-- off, say) comes after the schedule was parsed: null as well.
 CREATE OR REPLACE FUNCTION sequin_cdc._cron_schedule_problem(schedule text) RETURNS text
 LANGUAGE plpgsql STRICT
 SET search_path = pg_catalog, pg_temp
@@ -545,6 +546,10 @@ BEGIN
         WHEN invalid_parameter_value THEN
             RETURN SQLERRM;
         WHEN SQLSTATE 'SQ001' THEN
+            RETURN NULL;
+        WHEN OTHERS THEN
+            -- pg_cron accepted the schedule and refused something else
+            -- (cron.enable_superuser_jobs = off, say): not our question
             RETURN NULL;
     END;
 END
