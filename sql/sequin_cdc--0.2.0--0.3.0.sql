@@ -8,6 +8,42 @@
 \echo Use "ALTER EXTENSION sequin_cdc UPDATE TO '0.3.0'" to load this file. \quit
 
 ------------------------------------------------------------------------------
+-- Filters may no longer use a whole-row reference or a system column: the
+-- decoder now resolves a filter's columns without a range table entry, so
+-- such a rule's filter would no longer apply and the rule would keep every
+-- change.  The update stops while such rules exist, and names them.
+------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    r record;
+    detail text;
+    bad text[];
+BEGIN
+    FOR r IN SELECT id, source_table, filter FROM sequin_cdc.change_retention
+              WHERE filter IS NOT NULL ORDER BY id LOOP
+        BEGIN
+            PERFORM sequin_cdc._validate_filter(r.source_table, r.filter);
+        EXCEPTION
+            WHEN invalid_parameter_value THEN
+                GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+                IF detail LIKE 'It refers to the whole row or to a system column%' THEN
+                    bad := bad || format('%s (%s: %s)', r.id, r.source_table, r.filter);
+                END IF;
+            WHEN OTHERS THEN
+                NULL;           -- a dropped source, say: not this update's concern
+        END;
+    END LOOP;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'retention rules whose filter uses a whole-row reference or a system column: %',
+                        array_to_string(bad, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'sequin_cdc 0.3.0 evaluates filters over the table''s own columns only.',
+                  HINT = 'Drop each with sequin_cdc.drop_change_retention(id), add it again with a filter over the columns (tenant = ''a'' rather than (orders).tenant = ''a''), then update again.';
+    END IF;
+END
+$do$;
+
+------------------------------------------------------------------------------
 -- One owner check and one read check for the guards and the API
 ------------------------------------------------------------------------------
 

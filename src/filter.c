@@ -59,6 +59,10 @@
 
 #include "filter.h"
 
+/* Why a filter that names the whole row or a system column is refused */
+#define FILTER_ROW_OR_SYSTEM_COLUMN \
+	"It refers to the whole row or to a system column; a filter may use the table's own columns only."
+
 /* What the condition is, for the messages */
 typedef enum ConditionKind
 {
@@ -173,25 +177,41 @@ filter_error_callback(void *arg)
 	}
 }
 
+/* What filter_column_ref needs: the relation, and the text for messages */
+typedef struct FilterRefState
+{
+	Relation	rel;
+	const char *text;
+} FilterRefState;
+
 /*
  * p_pre_columnref_hook of a condition parsed without a range table entry
  * (see the header comment): a column of rel, written bare or qualified by
  * the table's name ([[database.]schema.]table.column), becomes a Var of
- * varno 1, as the range table entry would make it.  Anything else is left
- * to the parser, which reports it missing: whole-row references and system
- * columns (the parser would look for their range table entry), and any
- * name inside a subquery (refused anyway).
+ * varno 1, as the range table entry would make it.  A whole-row reference
+ * (the table's name alone, or table.*) or a system column is refused here,
+ * with the same error as at add time: the parser would look for their
+ * range table entry.  Anything else is left to the parser, which reports
+ * it missing (as any name inside a subquery, refused anyway).
  */
 static Node *
 filter_column_ref(ParseState *pstate, ColumnRef *cref)
 {
-	Relation	rel = (Relation) pstate->p_ref_hook_state;
+	FilterRefState *state = (FilterRefState *) pstate->p_ref_hook_state;
+	Relation	rel = state->rel;
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			nfields = list_length(cref->fields);
 	Node	   *last = llast(cref->fields);
 	const char *colname;
 
-	if (pstate->parentParseState != NULL || nfields > 4 || !IsA(last, String))
+	if (pstate->parentParseState != NULL || nfields > 4)
+		return NULL;
+	if (IsA(last, A_Star) ||
+		(nfields == 1 && strcmp(strVal(last), RelationGetRelationName(rel)) == 0 &&
+		 attnameAttNum(rel, strVal(last), false) == InvalidAttrNumber) ||
+		(IsA(last, String) && attnameAttNum(rel, strVal(last), true) < 0))
+		bad_condition(CONDITION_FILTER, state->text, FILTER_ROW_OR_SYSTEM_COLUMN);
+	if (!IsA(last, String))
 		return NULL;
 	/* the qualifiers, from the nearest out: table, schema, database */
 	for (int i = nfields - 2, level = 0; i >= 0; i--, level++)
@@ -246,6 +266,7 @@ parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 	Node	   *expr;
 	ErrorContextCallback errcb;
 	UserCodeContext ucxt = {NULL};
+	FilterRefState ref_state;
 
 	errcb.callback = filter_error_callback;
 	errcb.arg = (void *) text;
@@ -280,8 +301,10 @@ parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 	}
 	else
 	{
+		ref_state.rel = rel;
+		ref_state.text = text;
 		pstate->p_pre_columnref_hook = filter_column_ref;
-		pstate->p_ref_hook_state = (void *) rel;
+		pstate->p_ref_hook_state = (void *) &ref_state;
 	}
 
 	expr = transformExpr(pstate, target->val, EXPR_KIND_WHERE);
@@ -296,7 +319,7 @@ parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 	if (find_user_code(expr, &ucxt))
 		bad_condition(kind, text, ucxt.detail);
 	if (kind == CONDITION_FILTER && uses_row_or_system_column(expr, NULL))
-		bad_condition(kind, text, "It refers to the whole row or to a system column; a filter may use the table's own columns only.");
+		bad_condition(kind, text, FILTER_ROW_OR_SYSTEM_COLUMN);
 	if (kind == CONDITION_FILTER && contain_mutable_functions(expr))
 		bad_condition(kind, text, "It calls a function or operator that is not immutable (such as now() or random()); the filter is evaluated when the change is decoded, so it must depend only on the row.");
 	if (kind == CONDITION_BACKFILL && contain_volatile_functions(expr))
@@ -314,7 +337,15 @@ parse_condition(Relation rel, const char *text, ConditionKind kind, bool locked)
 Expr *
 sequin_cdc_parse_filter(Relation rel, const char *filter)
 {
-	return parse_condition(rel, filter, CONDITION_FILTER, true);
+	Expr	   *expr = parse_condition(rel, filter, CONDITION_FILTER, true);
+
+	/*
+	 * The decoder parses it again without a range table entry: make sure it
+	 * can ((t).col, which the range table entry turns into a plain column,
+	 * is a whole-row reference there).
+	 */
+	(void) parse_condition(rel, filter, CONDITION_FILTER, false);
+	return expr;
 }
 
 /*

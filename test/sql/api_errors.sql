@@ -121,6 +121,7 @@ SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'i
 -- the decoder resolves columns only: no whole-row reference, no system column
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'ae_t IS NOT NULL');
 SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => 'xmin <> ''0''');
+SELECT sequin_cdc.add_change_retention('ae_t', 'public.ae_changes', filter => '(ae_t).v = ''x''');
 -- sources that must not be captured
 SELECT sequin_cdc.add_change_retention('public.ae_changes', 'public.ae_changes');
 SELECT sequin_cdc.add_change_retention('sequin_cdc.changes', 'public.ae_changes');

@@ -84,7 +84,27 @@ $node->safe_psql('fresh', 'CREATE EXTENSION sequin_cdc');
 is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
 	'0.3.0', 'a fresh install is 0.3.0');
 $node->safe_psql('from_010', "CREATE EXTENSION sequin_cdc VERSION '0.1.0'; ALTER EXTENSION sequin_cdc UPDATE");
-$node->safe_psql('from_020', "CREATE EXTENSION sequin_cdc VERSION '0.2.0'; ALTER EXTENSION sequin_cdc UPDATE");
+
+# a rule whose filter uses a whole-row reference (0.2.0 took it; 0.3.0's
+# decoder cannot apply it) stops the update, named, until it is replaced
+$node->safe_psql('from_020', q{
+	CREATE EXTENSION sequin_cdc VERSION '0.2.0';
+	CREATE TABLE wr (id int PRIMARY KEY, tenant text);
+	CREATE TABLE ok (id int PRIMARY KEY, tenant text);
+	INSERT INTO sequin_cdc.change_retention (source_table, change_table, actions, filter, slot_name)
+	VALUES ('ok', 'sequin_cdc.changes', '{insert}', 'tenant = ''a''', 'any_slot'),
+	       ('wr', 'sequin_cdc.changes', '{insert}', '(wr).tenant = ''a''', 'any_slot');
+});
+my ($rc, $out, $err) = $node->psql('from_020', 'ALTER EXTENSION sequin_cdc UPDATE');
+like($err, qr/retention rules whose filter uses a whole-row reference or a system column: 2 \(public\.wr: \(wr\)\.tenant = 'a'\)/,
+	'0.2.0 -> 0.3.0 stops on a rule with a whole-row filter, and names it (not the good one)');
+is($node->safe_psql('from_020', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
+	'0.2.0', 'and leaves 0.2.0 in place');
+$node->safe_psql('from_020', q{
+	DELETE FROM sequin_cdc.change_retention;
+	DROP TABLE wr, ok;
+	ALTER EXTENSION sequin_cdc UPDATE;
+});
 
 my %catalog = (
 	functions => q{
