@@ -53,8 +53,11 @@ is($node->safe_psql('postgres',
 		q{SELECT status || ': ' || detail FROM sequin_cdc.health() WHERE check_name = 'failover fo_slot'}),
 	'ok: failover slot; synchronized_standby_slots = standby_phys (the standby keeps its copy in sync when it sets sync_replication_slots = on)',
 	'health(): failover slot ok with synchronized_standby_slots');
+$node->safe_psql('postgres', q{SELECT sequin_cdc.add_change_retention('src', slot => 'fo_slot')});
 $node->safe_psql('postgres', q{INSERT INTO src VALUES (1, 'a')});
-ok(SequinNode::wait_for_capture($node), 'a failover slot captures');
+ok(SequinNode::wait_for_capture($node), 'wait_for_capture');
+is($node->safe_psql('postgres', q{SELECT string_agg(action || record_pk, ',') FROM sequin_cdc.changes}),
+	'insert1', 'a failover slot captures');
 $node->safe_psql('postgres', q{SELECT sequin_cdc.drop_slot('fo_slot')});
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET synchronized_standby_slots});
 $node->reload;
