@@ -293,6 +293,7 @@ build_server() {
     # is reused (make picks up where it stopped); anything else starts afresh.
     if [[ -f "$WORK/build/config.status" && "$(cat "$WORK/build/.sequin-flags" 2>/dev/null)" == "$flags" ]]; then
         log "resuming the build in $WORK/build"
+        RESUMED=1
         cd "$WORK/build"
     else
         rm -rf "$WORK/build"
@@ -485,6 +486,7 @@ install_build_deps
 mkdir -p "$WORK"
 fetch_server_source
 SERVER_SECONDS=0
+RESUMED=0
 build_server
 
 : >"$EXTRAS_FILE"
@@ -508,6 +510,7 @@ fi
     echo "configure=$("$PREFIX/bin/pg_config" --configure)"
     echo "source=$SRC_DESC"
     echo "server_build_seconds=$SERVER_SECONDS"
+    [[ $RESUMED -eq 1 ]] && echo "resumed=1 (server_build_seconds counts the resumed run only)"
     echo "total_seconds=$((SECONDS - T_START))"
     echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)"
