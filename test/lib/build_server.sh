@@ -132,7 +132,8 @@ JOBS="${SEQUIN_BUILD_JOBS:-2}"
 CONTRIB="${SEQUIN_PG_CONTRIB:-hstore test_decoding}"
 NICE=(nice -n 19)
 
-CONFIGURE_FLAGS=(--prefix="$PREFIX" --enable-debug --enable-tap-tests --without-llvm)
+# --with-libxml as Debian's packages: the xml type (pg_regress row_format uses it)
+CONFIGURE_FLAGS=(--prefix="$PREFIX" --enable-debug --enable-tap-tests --without-llvm --with-libxml)
 if [[ -n "$CASSERT" ]]; then
     CONFIGURE_FLAGS+=(--enable-cassert)
 fi
@@ -184,7 +185,7 @@ apt_update_once() {
     fi
 }
 
-BUILD_DEPS=(gcc make bison flex perl libreadline-dev zlib1g-dev libicu-dev
+BUILD_DEPS=(gcc make bison flex perl libreadline-dev zlib1g-dev libicu-dev libxml2-dev
             pkg-config libipc-run-perl dpkg-dev xz-utils bzip2 binutils)
 
 install_build_deps() {
