@@ -34,8 +34,8 @@
 #                      test/lib/build_server.sh builds from source into its
 #                      cache on first use; every server is tested, then a
 #                      summary with times; non-zero if any failed
-#   MATRIX_TAP=all     every TAP test on the servers built from source too
-#                      (default core: pg_regress + the core TAP tests)
+#   MATRIX_TAP=core    on the servers built from source, pg_regress and the
+#                      core TAP tests only (default all: every test everywhere)
 #   MATRIX_OVERLAP=0   no server build in the background during the first suite
 # Other knobs:
 #   SKIP_DEPS=1        do not check/install packages

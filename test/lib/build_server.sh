@@ -10,7 +10,7 @@
 #   SPEC is MAJOR or MAJOR-cassert (15, 15-cassert, 18-cassert, 19-cassert...).
 #     MAJOR-cassert: --enable-cassert --enable-debug --enable-tap-tests
 #     MAJOR:                          --enable-debug --enable-tap-tests
-#   Every build also has --without-llvm (and ICU where the version defaults to it).
+#   Every build also has --without-llvm --with-libxml (and ICU where the version defaults to it).
 #
 # Options:
 #   --source DIR            build this PostgreSQL source tree (e.g. a git export
