@@ -47,6 +47,8 @@
 #   PROVE_FLAGS=...    extra flags for prove (e.g. --verbose)
 #   KEEP_BUILD=1       keep the scratch directory even on success (it is kept
 #                      on failure: pg_regress's server is in tmp_check_regress/)
+#   TMPDIR=DIR         where the scratch directory is made (default /tmp; it
+#                      must be reachable by the user that runs the tests)
 # Each may be given in the environment or as an argument:
 #   bash test/run.sh PG_CONFIG=/cache/pg18/bin/pg_config SKIP_TAP=1
 
@@ -114,7 +116,7 @@ copy_repo() {
     chown -R "$RUN_USER" "$dest"
 }
 
-BUILD_DIR="$(mktemp -d /tmp/sequin_cdc_build.XXXXXX)"
+BUILD_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sequin_cdc_build.XXXXXX")"
 log "copying the repository to $BUILD_DIR"
 copy_repo "$BUILD_DIR"
 

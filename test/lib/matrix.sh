@@ -98,7 +98,7 @@ run_matrix() {
     local tap_mode="${MATRIX_TAP:-all}"
     [[ "$tap_mode" == core || "$tap_mode" == all ]] || die "MATRIX_TAP must be core or all, got '$tap_mode'"
     local mdir t_start=$SECONDS e
-    mdir="$(mktemp -d /tmp/sequin_cdc_matrix.XXXXXX)"
+    mdir="$(mktemp -d "${TMPDIR:-/tmp}/sequin_cdc_matrix.XXXXXX")"
     for e in "${entries[@]}"; do _matrix_kind "$e" >/dev/null; done
 
     # The servers to build, in order.
