@@ -47,8 +47,10 @@
 #   PROVE_FLAGS=...    extra flags for prove (e.g. --verbose)
 #   KEEP_BUILD=1       keep the scratch directory even on success (it is kept
 #                      on failure: pg_regress's server is in tmp_check_regress/)
-#   TMPDIR=DIR         where the scratch directory is made (default /tmp; it
-#                      must be reachable by the user that runs the tests)
+#   TMPDIR=DIR         where the scratch directory is made (default /tmp);
+#                      pg_regress and the TAP tests put their sockets there
+#                      too, so the user that runs the tests must be able to
+#                      write there (mode 1777, as /tmp)
 # Each may be given in the environment or as an argument:
 #   bash test/run.sh PG_CONFIG=/cache/pg18/bin/pg_config SKIP_TAP=1
 
