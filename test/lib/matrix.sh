@@ -97,7 +97,8 @@ run_matrix() {
     ((${#entries[@]})) || die "PG_VERSIONS is empty"
     local tap_mode="${MATRIX_TAP:-all}"
     [[ "$tap_mode" == core || "$tap_mode" == all ]] || die "MATRIX_TAP must be core or all, got '$tap_mode'"
-    local mdir t_start=$SECONDS e
+    local mdir t_start=$SECONDS t_start_epoch e
+    t_start_epoch="$(date +%s)"
     mdir="$(mktemp -d "${TMPDIR:-/tmp}/sequin_cdc_matrix.XXXXXX")"
     for e in "${entries[@]}"; do _matrix_kind "$e" >/dev/null; done
 
@@ -141,13 +142,12 @@ run_matrix() {
             # Waits for the background build of this SPEC (build_server.sh
             # holds a lock per SPEC), builds it when missing, else reuses it.
             t0=$SECONDS
-            local was_built=0
-            [[ -f "$(_matrix_stamp "$e")" ]] && was_built=1
             if bindir="$(bash "$SEQUIN_REPO_TOP/test/lib/build_server.sh" "$e" | tail -n1)" && [[ -x "$bindir/pg_config" ]]; then
                 pgc="$bindir/pg_config"
-                local secs
+                local secs built_at
                 secs="$(sed -n 's/^total_seconds=//p' "$(_matrix_stamp "$e")")"
-                if [[ $was_built == 1 ]]; then
+                built_at="$(date -d "$(sed -n 's/^built_at=//p' "$(_matrix_stamp "$e")")" +%s 2>/dev/null || echo 0)"
+                if ((built_at < t_start_epoch)); then
                     build_desc="cached"
                 else
                     build_desc="built $(_mtime "${secs:-0}") (waited $(_mtime $((SECONDS - t0))))"
