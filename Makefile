@@ -44,9 +44,12 @@ REGRESS_NEED_PG_CRON = retention retention_partman
 REGRESS_NEED_PG_PARTMAN = retention_partman
 REGRESS_SKIPPED = $(if $(HAVE_PG_CRON),,$(REGRESS_NEED_PG_CRON)) $(if $(HAVE_PG_PARTMAN),,$(REGRESS_NEED_PG_PARTMAN))
 REGRESS = $(filter-out $(REGRESS_SKIPPED),$(REGRESS_ALL))
+# REGRESS_EXTRA_CONF: one more file, read last (test/run.sh: the server's
+# log into a directory that outlives the temporary instance, for its TRAP check).
 REGRESS_CONF = test/lib/sequin.conf \
 	$(if $(HAVE_PG_CRON),test/lib/pg_cron.conf) \
-	$(if $(HAVE_OUTPUT_PLUGIN_LIBRARIES),test/lib/output_plugins.conf)
+	$(if $(HAVE_OUTPUT_PLUGIN_LIBRARIES),test/lib/output_plugins.conf) \
+	$(REGRESS_EXTRA_CONF)
 REGRESS_OPTS = --inputdir=test --load-extension=sequin_cdc \
 	--temp-instance=./tmp_check_regress $(addprefix --temp-config=,$(REGRESS_CONF))
 ENCODING = UTF8

@@ -149,18 +149,20 @@ api_check_slots_table_privilege(const char *slot_name, AclMode privs, const char
 }
 
 /*
- * create_slot(slot name, publication name) returns pg_lsn
+ * create_slot(slot name, publication name, failover bool = false) returns pg_lsn
  *
  * Checks everything a user can get wrong first, each with its own hint,
  * then creates the logical slot with our plugin, records it, and wakes the
  * launcher, which starts the capture worker at once.  Returns the LSN from
- * which changes are captured.
+ * which changes are captured.  failover (17+) makes it a failover slot; the
+ * SQL of 0.1.0 and 0.2.0 passes two arguments only.
  */
 Datum
 sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 {
 	Name		slot = PG_GETARG_NAME(0);
 	Name		publication = PG_GETARG_NAME(1);
+	bool		failover = PG_NARGS() > 2 ? PG_GETARG_BOOL(2) : false;
 	const char *setting;
 	int			in_use = 0;
 	LogicalDecodingContext *ctx;
@@ -184,6 +186,12 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errdetail("output_plugin_libraries is \"%s\".", setting),
 				 errhint("Add sequin_cdc to output_plugin_libraries in postgresql.conf, for example output_plugin_libraries = '%s, sequin_cdc', and reload the configuration.",
 						 setting)));
+	if (failover && !SEQUIN_CDC_HAVE_FAILOVER_SLOTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("failover slots need PostgreSQL 17 or later"),
+				 errdetail("Failover slots, which standbys keep in sync, are new in PostgreSQL 17."),
+				 errhint("Create the slot without failover => true, or upgrade the server to PostgreSQL 17 or later.")));
 	api_check_slot_privilege(NameStr(*slot));
 	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
 	ReplicationSlotValidateName(NameStr(*slot), ERROR);
@@ -224,7 +232,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	 * As pg_create_logical_replication_slot: ephemeral until a consistent
 	 * start point is found, so an error leaves nothing behind.
 	 */
-	sequin_cdc_slot_create(NameStr(*slot));
+	sequin_cdc_slot_create(NameStr(*slot), failover);
 	ctx = CreateInitDecodingContext(SEQUIN_CDC_PLUGIN, NIL, false,
 									InvalidXLogRecPtr,
 									XL_ROUTINE(.page_read = read_local_xlog_page,

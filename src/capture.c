@@ -484,6 +484,28 @@ supervise_helpers(CaptureConfig *cfg, CaptureBatch *b, bool *caches_historic)
 }
 
 /*
+ * Errors, saying what to do, when the slot was invalidated by a cause
+ * PostgreSQL's own error does not explain: on 18, by
+ * idle_replication_slot_timeout (the slot was unused for longer, e.g. while
+ * its worker could not run).  Other causes, and servers before 18, are left
+ * to the error of slot acquisition or decoding start.
+ */
+static void
+capture_check_slot_valid(const char *slot_name)
+{
+	ReplicationSlot *s = SearchNamedReplicationSlot(slot_name, true);
+	const char *reason = s ? sequin_cdc_slot_invalidation_reason(s) : NULL;
+
+	if (reason != NULL && strcmp(reason, "idle_timeout") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" was invalidated by idle_replication_slot_timeout", slot_name),
+				 errdetail("The slot stayed unused longer than idle_replication_slot_timeout = %s (invalidation_reason = idle_timeout); the changes since its last confirmed position cannot be captured.",
+						   GetConfigOption("idle_replication_slot_timeout", true, false)),
+				 errhint("Raise idle_replication_slot_timeout (0 turns it off) in postgresql.conf and reload, then drop the slot with sequin_cdc.drop_slot(), create it again and backfill the tables.")));
+}
+
+/*
  * Consume the slot until it is dropped: set up the origin, the decoding
  * context with our writer, and the batch, then loop decode -> write ->
  * confirm -> sleep.
@@ -504,6 +526,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	my_entry->origin = origin;
 	LWLockRelease(sequin_cdc_shared->lock);
 
+	capture_check_slot_valid(cfg->slot_name);
 	sequin_cdc_slot_acquire(cfg->slot_name);
 
 	/*

@@ -31,12 +31,15 @@
 	replorigin_session_setup(origin)
 #endif
 
-/* ReplicationSlotCreate grew a "failover" argument in 17 */
+/*
+ * ReplicationSlotCreate grew a "failover" argument in 17; below 17 failover
+ * must be false (create_slot refuses it first, see SEQUIN_CDC_HAVE_FAILOVER_SLOTS).
+ */
 #if PG_VERSION_NUM >= 170000
-#define sequin_cdc_slot_create(name) \
-	ReplicationSlotCreate((name), true, RS_EPHEMERAL, false, false, false)
+#define sequin_cdc_slot_create(name, failover) \
+	ReplicationSlotCreate((name), true, RS_EPHEMERAL, false, false, (failover))
 #else
-#define sequin_cdc_slot_create(name) \
+#define sequin_cdc_slot_create(name, failover) \
 	ReplicationSlotCreate((name), true, RS_EPHEMERAL, false)
 #endif
 
@@ -57,6 +60,40 @@
 #define sequin_cdc_flush_ptr() GetFlushRecPtr(NULL)
 #else
 #define sequin_cdc_flush_ptr() GetFlushRecPtr()
+#endif
+
+/* ---------------------------------------------------------------------
+ * Failover slots and slot invalidation (17+, 18+)
+ * ---------------------------------------------------------------------
+ */
+
+/* 17+: a logical slot can be a failover slot, synchronized to standbys */
+#if PG_VERSION_NUM >= 170000
+#define SEQUIN_CDC_HAVE_FAILOVER_SLOTS 1
+#else
+#define SEQUIN_CDC_HAVE_FAILOVER_SLOTS 0
+#endif
+
+/*
+ * Why slot s was invalidated, as pg_replication_slots.invalidation_reason
+ * names it ("idle_timeout" for idle_replication_slot_timeout, new in 18), or
+ * NULL when it is valid.  Only 18 has GetSlotInvalidationCauseName(); below
+ * it NULL, and PostgreSQL's own error at slot acquisition or decoding start
+ * says why.
+ */
+#if PG_VERSION_NUM >= 180000
+static inline const char *
+sequin_cdc_slot_invalidation_reason(ReplicationSlot *s)
+{
+	ReplicationSlotInvalidationCause cause;
+
+	SpinLockAcquire(&s->mutex);
+	cause = s->data.invalidated;
+	SpinLockRelease(&s->mutex);
+	return cause == RS_INVAL_NONE ? NULL : GetSlotInvalidationCauseName(cause);
+}
+#else
+#define sequin_cdc_slot_invalidation_reason(s) ((const char *) NULL)
 #endif
 
 #endif							/* SEQUIN_CDC_COMPAT_H */

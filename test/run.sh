@@ -12,17 +12,31 @@
 #      make installcheck REGRESS=     prove over test/t/*.pl (each test starts
 #                                     its own nodes with PostgreSQL::Test::Cluster)
 #    (two make calls, so both suites always report),
-# 4. on failure prints regression.diffs, the regression server's log and the
-#    TAP logs. Exits 0 only if every suite that ran passed.
+# 4. fails the run on any assertion failure: every server log of the run
+#    (pg_regress's server, every TAP node) is searched for "TRAP:", even when
+#    the tests passed (pg_regress's server logs through its logging collector
+#    into regress_log/, outside its temporary instance, which pg_regress
+#    removes on success),
+# 5. on failure prints regression.diffs, the regression server's log and the
+#    TAP logs. Exits 0 only if every suite that ran passed, without a TRAP.
 #
 # Tests that need pg_cron or pg_partman are skipped, and say so, when the
 # server has no such extension installed.
 #
-# The server: one test run is one server, so a version matrix calls this once
-# per server:
+# The server: one test run is one server:
 #   PG_CONFIG=/path/to/pg_config   that server (e.g. a build in a cache dir)
 #   SEQUIN_PG_BINDIR=DIR           the same, by its bin directory
 #   (default: Debian's PostgreSQL 15, /usr/lib/postgresql/15/bin)
+# A version matrix (what CI runs, see test/lib/matrix.sh):
+#   PG_VERSIONS="15 15-cassert 18-cassert"
+#                      this command once per server: 15 is Debian's, SPEC
+#                      (15-cassert, 18-cassert, ...) a server that
+#                      test/lib/build_server.sh builds from source into its
+#                      cache on first use; every server is tested, then a
+#                      summary with times; non-zero if any failed
+#   MATRIX_TAP=core    on the servers built from source, pg_regress and the
+#                      core TAP tests only (default all: every test everywhere)
+#   MATRIX_OVERLAP=0   no server build in the background during the first suite
 # Other knobs:
 #   SKIP_DEPS=1        do not check/install packages
 #   SKIP_BUILD=1       do not build/install the extension
@@ -33,6 +47,10 @@
 #   PROVE_FLAGS=...    extra flags for prove (e.g. --verbose)
 #   KEEP_BUILD=1       keep the scratch directory even on success (it is kept
 #                      on failure: pg_regress's server is in tmp_check_regress/)
+#   TMPDIR=DIR         where the scratch directory is made (default /tmp);
+#                      pg_regress and the TAP tests put their sockets there
+#                      too, so the user that runs the tests must be able to
+#                      write there (mode 1777, as /tmp)
 # Each may be given in the environment or as an argument:
 #   bash test/run.sh PG_CONFIG=/cache/pg18/bin/pg_config SKIP_TAP=1
 
@@ -40,10 +58,11 @@ set -euo pipefail
 
 for arg in "$@"; do
     case "$arg" in
-        REGRESS=* | PROVE_TESTS=* | PROVE_FLAGS=* | SKIP_*=* | KEEP_*=* | SEQUIN_*=* | PG_CONFIG=*)
+        REGRESS=* | PROVE_TESTS=* | PROVE_FLAGS=* | SKIP_*=* | KEEP_*=* | SEQUIN_*=* | PG_CONFIG=* \
+            | PG_VERSIONS=* | MATRIX_*=*)
             export "${arg?}" ;;
         *)
-            echo "usage: bash test/run.sh [PG_CONFIG=...] [REGRESS='t1 t2'] [PROVE_TESTS='test/t/x.pl'] [SKIP_TAP=1] ..." >&2
+            echo "usage: bash test/run.sh [PG_CONFIG=... | PG_VERSIONS='15 15-cassert 18-cassert'] [REGRESS='t1 t2'] [PROVE_TESTS='test/t/x.pl'] [SKIP_TAP=1] ..." >&2
             exit 2 ;;
     esac
 done
@@ -51,6 +70,13 @@ done
 # shellcheck source=test/lib/cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/cluster.sh"
 cd "$SEQUIN_REPO_TOP"
+
+if [[ -n "${PG_VERSIONS:-}" ]]; then
+    # shellcheck source=test/lib/matrix.sh
+    source "$SEQUIN_REPO_TOP/test/lib/matrix.sh"
+    run_matrix
+    exit
+fi
 
 BUILD_DIR=""
 OVERALL_RC=0
@@ -92,7 +118,7 @@ copy_repo() {
     chown -R "$RUN_USER" "$dest"
 }
 
-BUILD_DIR="$(mktemp -d /tmp/sequin_cdc_build.XXXXXX)"
+BUILD_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sequin_cdc_build.XXXXXX")"
 log "copying the repository to $BUILD_DIR"
 copy_repo "$BUILD_DIR"
 
@@ -112,18 +138,38 @@ show_tails() {
     done
 }
 
+# check_traps LABEL FILE...: fail the run when a server log holds an
+# assertion failure ("TRAP:", written to stderr by an assert-enabled server
+# before it aborts), even when the tests passed: the postmaster restarts after
+# the crash and a test may not notice.
+check_traps() {
+    local label="$1" hits
+    shift
+    hits="$(grep -H -n 'TRAP:' "$@" 2>/dev/null || true)"
+    [[ -z "$hits" ]] && return 0
+    printf '\n----- %s: ASSERTION FAILURE (TRAP) in the server log -----\n%s\n' "$label" "${hits//"$BUILD_DIR"\//}" >&2
+    echo "----- end of TRAP lines -----" >&2
+    log "$label: FAILED: an assertion failed in a server (TRAP), see above"
+    OVERALL_RC=1
+}
+
 if [[ "${SKIP_REGRESS:-0}" == 1 ]]; then
     log "SKIP_REGRESS=1: skipping pg_regress"
 else
-    regress_args=(installcheck TAP_TESTS=)
+    # The regression server logs through its collector into regress_log/,
+    # which outlives the temporary instance (removed when the tests pass).
+    printf "logging_collector = on\nlog_directory = '%s/regress_log'\nlog_filename = 'postmaster.log'\n" \
+        "$BUILD_DIR" >"$BUILD_DIR/regress_log.conf"
+    regress_args=(installcheck TAP_TESTS= "REGRESS_EXTRA_CONF=$BUILD_DIR/regress_log.conf")
     [[ -n "${REGRESS:-}" ]] && regress_args+=("REGRESS=$REGRESS")
     log "pg_regress: make ${regress_args[*]}"
     if ! run_make "${regress_args[@]}"; then
         show_tails 100000 "$BUILD_DIR/regression.diffs"
-        show_tails "$SEQUIN_LOG_TAIL" "$BUILD_DIR/tmp_check_regress/log/postmaster.log"
+        show_tails "$SEQUIN_LOG_TAIL" "$BUILD_DIR/tmp_check_regress/log/postmaster.log" "$BUILD_DIR"/regress_log/*
         echo "----- end of pg_regress output -----" >&2
         OVERALL_RC=1
     fi
+    check_traps pg_regress "$BUILD_DIR"/regress_log/* "$BUILD_DIR"/tmp_check_regress/log/*
 fi
 
 if [[ "${SKIP_TAP:-0}" == 1 ]]; then
@@ -138,6 +184,7 @@ else
         echo "----- end of TAP logs -----" >&2
         OVERALL_RC=1
     fi
+    check_traps TAP "$BUILD_DIR"/tmp_check/log/*
 fi
 
 if [[ "$OVERALL_RC" -eq 0 ]]; then log "all tests passed"; else log "TESTS FAILED"; fi

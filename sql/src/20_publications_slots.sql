@@ -46,10 +46,11 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc.create_publication(name, regclass[], name[], bool) IS
     'Creates a publication of the given tables and schemas (all tables when both are null). Create it before the slot.';
 
-CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name) RETURNS pg_lsn
+CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name, failover bool DEFAULT false)
+RETURNS pg_lsn
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
-COMMENT ON FUNCTION sequin_cdc.create_slot(name, name) IS
-    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at.';
+COMMENT ON FUNCTION sequin_cdc.create_slot(name, name, bool) IS
+    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at. failover => true (PostgreSQL 17+) makes it a failover slot, which standbys with sync_replication_slots = on keep in sync.';
 
 CREATE FUNCTION sequin_cdc.drop_slot(slot name) RETURNS void
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_drop_slot';

@@ -38,8 +38,12 @@ $$;
 COMMENT ON FUNCTION sequin_cdc._health_output_plugin() IS
     'Internal: the output_plugin_libraries row of health().';
 
--- Each slot: present and not invalidated, its capture worker running, its lag
--- under sequin_cdc.max_lag, its publication present.
+-- Each slot: present and not invalidated (on 18 also by
+-- idle_replication_slot_timeout), its capture worker running, its lag under
+-- sequin_cdc.max_lag, its publication present; a failover slot (17+): the
+-- primary waits for the standbys' slots (synchronized_standby_slots).
+-- Columns of newer servers are read through to_jsonb(), null where the
+-- server has none: failover, invalidation_reason (17+).
 CREATE FUNCTION sequin_cdc._health_slots()
 RETURNS TABLE (check_name text, status text, detail text)
 LANGUAGE plpgsql
@@ -48,6 +52,7 @@ AS $fn$
 DECLARE
     r record;
     max_lag bigint := pg_size_bytes(current_setting('sequin_cdc.max_lag'));
+    standby_slots text := current_setting('synchronized_standby_slots', true);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM sequin_cdc.slots) THEN
         check_name := 'slots'; status := 'warning';
@@ -58,6 +63,8 @@ BEGIN
     FOR r IN
         SELECT s.slot_name, s.publication, rs.slot_name IS NOT NULL AS present,
                rs.wal_status, c.pid, c.lag_bytes, c.last_error, c.errors,
+               (to_jsonb(rs) ->> 'failover')::bool AS failover,
+               to_jsonb(rs) ->> 'invalidation_reason' AS invalidation_reason,
                EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists
           FROM sequin_cdc.slots s
           LEFT JOIN pg_replication_slots rs ON rs.slot_name = s.slot_name
@@ -68,15 +75,20 @@ BEGIN
         IF NOT r.present THEN
             status := 'error';
             detail := 'the replication slot is missing; drop its configuration with sequin_cdc.drop_slot() or create it again';
-        ELSIF r.wal_status = 'lost' THEN
+        ELSIF r.invalidation_reason = 'idle_timeout' THEN
             status := 'error';
-            detail := 'the slot was invalidated (wal_status = lost): changes were lost; drop and create the slot, then backfill';
+            detail := format('the slot was invalidated (invalidation_reason = idle_timeout): it stayed unused longer than idle_replication_slot_timeout = %s and changes were lost; raise idle_replication_slot_timeout (0 turns it off) in postgresql.conf and reload, then drop and create the slot, then backfill',
+                             current_setting('idle_replication_slot_timeout', true));
+        ELSIF r.wal_status = 'lost' OR r.invalidation_reason IS NOT NULL THEN
+            status := 'error';
+            detail := format('the slot was invalidated (%s): changes were lost; drop and create the slot, then backfill',
+                             coalesce('invalidation_reason = ' || r.invalidation_reason, 'wal_status = lost'));
         ELSE
             status := 'ok'; detail := format('wal_status = %s', r.wal_status);
         END IF;
         RETURN NEXT;
 
-        IF r.present AND r.wal_status IS DISTINCT FROM 'lost' THEN
+        IF r.present AND r.wal_status IS DISTINCT FROM 'lost' AND r.invalidation_reason IS NULL THEN
             check_name := format('worker %s', r.slot_name);
             IF r.pid IS NOT NULL THEN
                 status := 'ok'; detail := format('capture worker running, pid %s', r.pid);
@@ -97,6 +109,19 @@ BEGIN
                 status := 'ok'; detail := format('%s behind', pg_size_pretty(coalesce(r.lag_bytes, 0)));
             END IF;
             RETURN NEXT;
+
+            IF r.failover THEN
+                check_name := format('failover %s', r.slot_name);
+                IF coalesce(standby_slots, '') = '' THEN
+                    status := 'warning';
+                    detail := 'failover slot, but synchronized_standby_slots is empty: the capture may get ahead of the standby, whose copy of the slot is then behind or not yet synchronized at a failover; set synchronized_standby_slots to the standby''s physical slot here, and sync_replication_slots = on (with hot_standby_feedback = on, primary_slot_name and a dbname in primary_conninfo) on the standby, which then keeps its copy of the slot in sync';
+                ELSE
+                    status := 'ok';
+                    detail := format('failover slot; synchronized_standby_slots = %s (the standby keeps its copy in sync when it sets sync_replication_slots = on)',
+                                     standby_slots);
+                END IF;
+                RETURN NEXT;
+            END IF;
         END IF;
 
         check_name := format('publication %s', r.publication);
@@ -111,7 +136,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._health_slots() IS
-    'Internal: the rows of health() about each slot: slot, worker, lag, publication.';
+    'Internal: the rows of health() about each slot: slot, worker, lag, failover (17+), publication.';
 
 -- Each retention rule: its table is in the slot's publication and, with its
 -- partitions, REPLICA IDENTITY FULL.
