@@ -30,6 +30,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
+#include "compat.h"
 #include "row_json.h"
 
 /* How a column of type typid is rendered; *base_out gets its base type. */
@@ -255,10 +256,9 @@ Jsonb *
 sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 				   const bool *include)
 {
-	JsonbParseState *state = NULL;
-	JsonbValue *res;
+	SequinCdcJsonbBuilder b = {0};
 
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	sequin_cdc_jsonb_push(&b, WJB_BEGIN_OBJECT, NULL);
 	for (int i = 0; i < enc->natts; i++)
 	{
 		ColumnEncoder *col = &enc->cols[i];
@@ -266,15 +266,15 @@ sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 
 		if (col->kind == COLUMN_DROPPED || (include && !include[i]))
 			continue;
-		pushJsonbValue(&state, WJB_KEY, &col->key);
+		sequin_cdc_jsonb_push(&b, WJB_KEY, &col->key);
 		if (nulls[i])
 			v.type = jbvNull;
 		else
 			column_value(col, values[i], &v);
-		pushJsonbValue(&state, WJB_VALUE, &v);
+		sequin_cdc_jsonb_push(&b, WJB_VALUE, &v);
 	}
-	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(res);
+	sequin_cdc_jsonb_push(&b, WJB_END_OBJECT, NULL);
+	return sequin_cdc_jsonb_result(&b);
 }
 
 /*
@@ -329,10 +329,9 @@ sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *ke
 	}
 	else
 	{
-		JsonbParseState *state = NULL;
-		JsonbValue *res;
+		SequinCdcJsonbBuilder b = {0};
 
-		pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+		sequin_cdc_jsonb_push(&b, WJB_BEGIN_ARRAY, NULL);
 		for (int k = 0; k < nkeys; k++)
 		{
 			int			i = keys[k] - 1;
@@ -342,10 +341,10 @@ sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *ke
 				v.type = jbvNull;
 			else
 				column_value(&enc->cols[i], values[i], &v);
-			pushJsonbValue(&state, WJB_ELEM, &v);
+			sequin_cdc_jsonb_push(&b, WJB_ELEM, &v);
 		}
-		res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
-		s = JsonbToCString(NULL, &JsonbValueToJsonb(res)->root, 0);
+		sequin_cdc_jsonb_push(&b, WJB_END_ARRAY, NULL);
+		s = JsonbToCString(NULL, &sequin_cdc_jsonb_result(&b)->root, 0);
 	}
 	*len = strlen(s);
 	return s;
