@@ -245,6 +245,16 @@ sequin_cdc_init_range_table(EState *estate, RangeTblEntry *rte)
 	build_attrmap_by_name_if_req((indesc), (outdesc))
 #endif
 
+/* ---- tuple descriptors ---- */
+
+/* Is the column a virtual generated column (new in 18; not stored)? */
+#if PG_VERSION_NUM >= 180000
+#define sequin_cdc_attr_is_virtual(att) \
+	((att)->attgenerated == ATTRIBUTE_GENERATED_VIRTUAL)
+#else
+#define sequin_cdc_attr_is_virtual(att) false
+#endif
+
 /* ---- JSON ---- */
 
 /*

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * row_json.c
- *		Rendering a decoded row as jsonb, equal to what to_jsonb(row) gives.
+ *		Rendering a decoded row as jsonb, equal to what to_jsonb(row) gives
+ *		(virtual generated columns aside: they are not stored).
  *
  * Every column is sorted once into a kind when the relation's encoder is
  * built, with the same rules to_jsonb follows (domains look through to
@@ -97,9 +98,13 @@ sequin_cdc_row_encoder_create(TupleDesc desc, MemoryContext cxt)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		ColumnEncoder *col = &enc->cols[i];
 
-		if (att->attisdropped)
+		/*
+		 * A virtual generated column (18) is not stored: the WAL holds no
+		 * value of it.  Left out of the row, as pgoutput leaves it out.
+		 */
+		if (att->attisdropped || sequin_cdc_attr_is_virtual(att))
 		{
-			col->kind = COLUMN_DROPPED;
+			col->kind = COLUMN_OMITTED;
 			continue;
 		}
 		col->kind = column_kind(att->atttypid, &col->base_type);
@@ -242,7 +247,7 @@ column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
 				set_string(v, s, strlen(s));
 				break;
 			}
-		case COLUMN_DROPPED:
+		case COLUMN_OMITTED:
 			Assert(false);
 			break;
 	}
@@ -264,7 +269,7 @@ sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 		ColumnEncoder *col = &enc->cols[i];
 		JsonbValue	v;
 
-		if (col->kind == COLUMN_DROPPED || (include && !include[i]))
+		if (col->kind == COLUMN_OMITTED || (include && !include[i]))
 			continue;
 		sequin_cdc_jsonb_push(&b, WJB_KEY, &col->key);
 		if (nulls[i])
@@ -322,7 +327,7 @@ sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *ke
 	{
 		int			i = keys[0] - 1;
 
-		if (nulls[i] || enc->cols[i].kind == COLUMN_DROPPED)
+		if (nulls[i] || enc->cols[i].kind == COLUMN_OMITTED)
 			s = pstrdup("");
 		else
 			s = OutputFunctionCall(&enc->cols[i].out, values[i]);
