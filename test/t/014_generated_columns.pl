@@ -27,6 +27,16 @@ my $node = SequinNode::new_node('gen');
 $node->start;
 my $virtual = $node->pg_version >= 18;
 
+# The change rows of $table, once capture has caught up: "action:record ...".
+sub records_of
+{
+	my ($table) = @_;
+	ok(SequinNode::wait_for_capture($node), "capture caught up ($table)");
+	return $node->safe_psql('postgres', qq{
+		SELECT string_agg(action || ':' || record::text, ' ' ORDER BY seq)
+		  FROM sequin_cdc.changes WHERE source_table_name = '$table'});
+}
+
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION sequin_cdc;
 	CREATE TABLE st (id bigint PRIMARY KEY, a int,
@@ -52,10 +62,7 @@ my ($rc, $out, $err) = $node->psql('postgres', q{
 });
 is($rc, 0, 'UPDATE and DELETE of a REPLICA IDENTITY FULL table with a stored generated column work')
   or diag $err;
-ok(SequinNode::wait_for_capture($node), 'capture caught up');
-is($node->safe_psql('postgres', q{
-		SELECT string_agg(action || ':' || record::text, ' ' ORDER BY seq)
-		  FROM sequin_cdc.changes WHERE source_table_name = 'st'}),
+is(records_of('st'),
 	'insert:{"a": 10, "s": 30, "id": 1} insert:{"a": 20, "s": 60, "id": 2} '
 	  . 'update:{"a": 11, "s": 33, "id": 1} delete:{"a": 20, "s": 60, "id": 2}',
 	'records of the stored generated column table, generated column included');
@@ -79,10 +86,7 @@ if ($virtual)
 		UPDATE vt SET a = 5 WHERE id = 4;
 		DELETE FROM vt WHERE id = 1;
 	});
-	ok(SequinNode::wait_for_capture($node), 'capture caught up (virtual)');
-	is($node->safe_psql('postgres', q{
-			SELECT string_agg(action || ':' || record::text, ' ' ORDER BY seq)
-			  FROM sequin_cdc.changes WHERE source_table_name = 'vt'}),
+	is(records_of('vt'),
 		'read:{"a": 1, "s": 3, "id": 1} read:{"a": 2, "s": 6, "id": 2} read:{"a": 3, "s": 9, "id": 3} '
 		  . 'insert:{"a": 4, "s": 12, "id": 4} update:{"a": 5, "s": 15, "id": 4} delete:{"id": 1}',
 		'records leave the virtual generated column out (backfill and decoding alike)');
