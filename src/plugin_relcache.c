@@ -376,7 +376,8 @@ relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
 		e->npk = sequin_cdc_primary_key(report_rel, &e->pk);
 		MemoryContextSwitchTo(old);
 	}
-	e->enc = sequin_cdc_row_encoder_create(e->report_desc, e->cxt);
+	/* from the relation's own descriptor: a copy has no attgenerated */
+	e->enc = sequin_cdc_row_encoder_create(RelationGetDescr(report_rel), e->cxt);
 
 	/*
 	 * What the WAL holds of old rows depends on the decoded relation's own
