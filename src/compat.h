@@ -14,6 +14,8 @@
  * (GetSchemaPublications).
  *
  * Each entry says which release changed what.  Sorted by subsystem.
+ * Outside C there is one more: create_publication() (sql/src) sets
+ * publish_generated_columns = stored on 18 and later.
  *
  *-------------------------------------------------------------------------
  */
