@@ -316,6 +316,8 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     targets text[] := '{}';
+    options text := format('publish_via_partition_root = %s',
+                           CASE WHEN publish_via_partition_root THEN 'true' ELSE 'false' END);
 BEGIN
     IF publication IS NULL THEN
         RAISE EXCEPTION 'publication name must not be null'
@@ -339,11 +341,17 @@ BEGIN
         targets := targets || ('TABLES IN SCHEMA ' ||
                    (SELECT string_agg(quote_ident(s), ', ') FROM unnest(schemas) s));
     END IF;
-    EXECUTE format('CREATE PUBLICATION %I %s WITH (publish_via_partition_root = %s)',
+    -- PostgreSQL 18 refuses UPDATE and DELETE on a REPLICA IDENTITY FULL
+    -- table with a stored generated column while a publication of it does
+    -- not publish such columns; the decoder reads them from the WAL either way.
+    IF current_setting('server_version_num')::int >= 180000 THEN
+        options := options || ', publish_generated_columns = stored';
+    END IF;
+    EXECUTE format('CREATE PUBLICATION %I %s WITH (%s)',
                    publication,
                    CASE WHEN cardinality(targets) = 0 THEN 'FOR ALL TABLES'
                         ELSE 'FOR ' || array_to_string(targets, ', ') END,
-                   CASE WHEN publish_via_partition_root THEN 'true' ELSE 'false' END);
+                   options);
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.create_publication(name, regclass[], name[], bool) IS

@@ -194,7 +194,7 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errhint("Create the slot without failover => true, or upgrade the server to PostgreSQL 17 or later.")));
 	api_check_slot_privilege(NameStr(*slot));
 	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
-	ReplicationSlotValidateName(NameStr(*slot), ERROR);
+	sequin_cdc_slot_validate_name(NameStr(*slot));
 
 	if (!OidIsValid(get_publication_oid(NameStr(*publication), true)))
 		ereport(ERROR,
@@ -226,19 +226,19 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errmsg("create_slot cannot run inside a transaction block"),
 				 errhint("Run SELECT sequin_cdc.create_slot(...) as a statement of its own, after the publication is committed.")));
 
-	CheckLogicalDecodingRequirements();
+	sequin_cdc_check_logical_decoding_requirements();
 
 	/*
 	 * As pg_create_logical_replication_slot: ephemeral until a consistent
 	 * start point is found, so an error leaves nothing behind.
 	 */
 	sequin_cdc_slot_create(NameStr(*slot), failover);
-	ctx = CreateInitDecodingContext(SEQUIN_CDC_PLUGIN, NIL, false,
-									InvalidXLogRecPtr,
-									XL_ROUTINE(.page_read = read_local_xlog_page,
-											   .segment_open = wal_segment_open,
-											   .segment_close = wal_segment_close),
-									NULL, NULL, NULL);
+	ctx = sequin_cdc_create_init_decoding_context(SEQUIN_CDC_PLUGIN, NIL, false,
+												  InvalidXLogRecPtr,
+												  XL_ROUTINE(.page_read = read_local_xlog_page,
+															 .segment_open = wal_segment_open,
+															 .segment_close = wal_segment_close),
+												  NULL, NULL, NULL);
 	DecodingContextFindStartpoint(ctx);
 	lsn = MyReplicationSlot->data.confirmed_flush;
 	FreeDecodingContext(ctx);
@@ -249,12 +249,12 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	{
 		Oid			argtypes[2] = {NAMEOID, NAMEOID};
 		Datum		args[2] = {NameGetDatum(slot), NameGetDatum(publication)};
-		RepOriginId origin;
+		ReplOriginId origin;
 
 		/* a fresh origin: progress of an older slot of this name is void */
 		sequin_cdc_origin_name(NameStr(*slot), origin_name, sizeof(origin_name));
 		origin = replorigin_by_name(origin_name, true);
-		if (origin != InvalidRepOriginId)
+		if (origin != InvalidReplOriginId)
 			replorigin_drop_by_name(origin_name, true, true);
 		replorigin_create(origin_name);
 

@@ -71,6 +71,7 @@
 
 #include "backfill.h"
 #include "catalog.h"
+#include "compat.h"
 #include "filter.h"
 #include "row_json.h"
 #include "run_as.h"
@@ -270,7 +271,7 @@ sequin_cdc_backfill_end_message(int64 id)
 	char		text[32];
 
 	snprintf(text, sizeof(text), "%lld", (long long) id);
-	LogLogicalMessage(SEQUIN_CDC_BACKFILL_END, text, strlen(text), true);
+	sequin_cdc_log_message(SEQUIN_CDC_BACKFILL_END, text, strlen(text));
 }
 
 /*
@@ -317,7 +318,7 @@ write_low_watermark(BackfillJob *job)
 	m.change_table = job->change_table;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	LogLogicalMessage(SEQUIN_CDC_BACKFILL_LOW, (const char *) &m, sizeof(m), true);
+	sequin_cdc_log_message(SEQUIN_CDC_BACKFILL_LOW, (const char *) &m, sizeof(m));
 	CommitTransactionCommand();
 }
 
@@ -466,7 +467,7 @@ write_chunk(BackfillJob *job, MemoryContext cxt)
 		heap_freetuple(tup);
 	}
 	done = n < (uint64) job->chunk_size;
-	LogLogicalMessage(SEQUIN_CDC_BACKFILL_HIGH, msg.data, msg.len, true);
+	sequin_cdc_log_message(SEQUIN_CDC_BACKFILL_HIGH, msg.data, msg.len);
 
 	{
 		Oid			uargtypes[4] = {INT8OID, TEXTARRAYOID, INT8OID, BOOLOID};

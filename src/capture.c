@@ -18,7 +18,7 @@
  * only after that commit is flushed does it confirm the slot.
  *
  * Exactly once: the write transaction also advances a replication origin
- * (replorigin_session_origin_lsn = end of the last source commit written),
+ * (its origin LSN = end of the last source commit written),
  * atomically with the rows, as the core apply worker does.  On start,
  * decoding begins at that origin position, so source transactions whose
  * rows were committed are skipped even when the slot, whose position is
@@ -161,7 +161,7 @@ capture_detach(int code, Datum arg)
 		my_entry->pid = 0;
 		my_entry->latch = NULL;
 		my_entry->state = CAPTURE_STOPPED;
-		my_entry->origin = InvalidRepOriginId;
+		my_entry->origin = InvalidReplOriginId;
 	}
 	LWLockRelease(sequin_cdc_shared->lock);
 }
@@ -236,20 +236,20 @@ capture_load_config(CaptureConfig *cfg, MemoryContext cxt)
  * Set up this session's replication origin, the slot's progress as saved
  * with the change rows (created on first use).
  */
-static RepOriginId
+static ReplOriginId
 setup_origin(const char *slot_name)
 {
 	char		name[NAMEDATALEN + 16];
-	RepOriginId origin;
+	ReplOriginId origin;
 
 	sequin_cdc_origin_name(slot_name, name, sizeof(name));
 	StartTransactionCommand();
 	origin = replorigin_by_name(name, true);
-	if (origin == InvalidRepOriginId)
+	if (origin == InvalidReplOriginId)
 		origin = replorigin_create(name);
 	CommitTransactionCommand();
 	sequin_cdc_replorigin_session_setup(origin);
-	replorigin_session_origin = origin;
+	sequin_cdc_xact_origin = origin;
 	return origin;
 }
 
@@ -388,11 +388,11 @@ write_batch(CaptureConfig *cfg, CaptureBatch *b)
 	rows = sequin_cdc_change_writer_end(w);
 	PopActiveSnapshot();
 
-	replorigin_session_origin_lsn = b->last_commit_end;
-	replorigin_session_origin_timestamp = b->last_commit_time;
+	sequin_cdc_xact_origin_lsn = b->last_commit_end;
+	sequin_cdc_xact_origin_timestamp = b->last_commit_time;
 	CommitTransactionCommand();
-	replorigin_session_origin_lsn = InvalidXLogRecPtr;
-	replorigin_session_origin_timestamp = 0;
+	sequin_cdc_xact_origin_lsn = InvalidXLogRecPtr;
+	sequin_cdc_xact_origin_timestamp = 0;
 	if (rows > 0)
 	{
 		XLogFlush(XactLastCommitEnd);
@@ -516,7 +516,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	CaptureBatch *b;
 	LogicalDecodingContext *ctx;
 	XLogRecPtr	written_upto;
-	RepOriginId origin;
+	ReplOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
 
@@ -599,7 +599,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		supervise_helpers(cfg, b, &caches_historic);
 
 		/* decode */
-		flush = sequin_cdc_flush_ptr();
+		flush = GetFlushRecPtr(NULL);
 		if (ctx->reader->EndRecPtr < flush)
 		{
 			if (!caches_historic)

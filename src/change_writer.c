@@ -29,6 +29,7 @@
 
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/tupconvert.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "commands/sequence.h"
@@ -49,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "change_writer.h"
+#include "compat.h"
 #include "run_as.h"
 #include "sequin_cdc.h"
 
@@ -257,7 +259,7 @@ open_target(ChangeWriter *w, WriteTarget *t)
 	rte->relid = t->relid;
 	rte->relkind = t->rel->rd_rel->relkind;
 	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(t->estate, list_make1(rte));
+	sequin_cdc_init_range_table(t->estate, rte);
 	t->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
 	t->estate->es_output_cid = GetCurrentCommandId(true);
@@ -363,10 +365,12 @@ sequin_cdc_change_writer_put(BufferedChange *c, void *arg)
 	slot = t->slot;
 	if (t->proute)
 	{
+		TupleConversionMap *map;
+
 		rri = ExecFindPartition(t->mtstate, t->rri, t->proute, t->slot, t->estate);
-		if (rri->ri_RootToPartitionMap)
-			slot = execute_attr_map_slot(rri->ri_RootToPartitionMap->attrMap, slot,
-										 rri->ri_PartitionTupleSlot);
+		map = sequin_cdc_root_to_child_map(rri, t->estate);
+		if (map)
+			slot = execute_attr_map_slot(map->attrMap, slot, rri->ri_PartitionTupleSlot);
 	}
 	ExecSimpleRelationInsert(rri, t->estate, slot);
 	sequin_cdc_restore_user(&ucxt);

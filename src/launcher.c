@@ -33,6 +33,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "sequin_cdc.h"
 #include "workers.h"
 
@@ -120,8 +121,7 @@ launcher_scan(void)
 			s->data.persistency != RS_PERSISTENT)
 			continue;
 		/* an invalidated slot cannot be decoded; health() reports it */
-		if (XLogRecPtrIsInvalid(s->data.restart_lsn) &&
-			!XLogRecPtrIsInvalid(s->data.invalidated_at))
+		if (sequin_cdc_slot_is_invalidated(s))
 			continue;
 		strlcpy(name, NameStr(s->data.name), NAMEDATALEN);
 		dboid = s->data.database;

@@ -40,6 +40,7 @@
 
 #include "backfill_window.h"
 #include "change_buffer.h"
+#include "compat.h"
 #include "output_plugin.h"
 #include "plugin_relcache.h"
 #include "row_json.h"
@@ -189,7 +190,7 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	PluginRecord rec = {.kind = PLUGIN_RECORD_COMMIT};
 
 	rec.lsn = txn->end_lsn;
-	rec.commit_time = txn->xact_time.commit_time;
+	rec.commit_time = sequin_cdc_txn_commit_time(txn);
 	rec.had_rows = st->txn_rows > 0;
 	plugin_emit(ctx, &rec, true);
 	st->xid = InvalidTransactionId;
@@ -229,7 +230,7 @@ plugin_emit_rows(LogicalDecodingContext *ctx, PluginState *st, RelEntry *e,
 		return;
 	c.source_oid = e->report_oid;
 	c.action = action;
-	c.committed_at = txn->xact_time.commit_time;
+	c.committed_at = sequin_cdc_txn_commit_time(txn);
 	c.commit_lsn = txn->end_lsn;
 	c.schema_name = e->schema_name;
 	c.schema_len = strlen(e->schema_name);
@@ -323,10 +324,8 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	old = MemoryContextSwitchTo(st->change_cxt);
 
-	if (change->data.tp.newtuple)
-		newtup = &change->data.tp.newtuple->tuple;
-	if (change->data.tp.oldtuple)
-		oldtup = &change->data.tp.oldtuple->tuple;
+	newtup = sequin_cdc_change_new_tuple(change);
+	oldtup = sequin_cdc_change_old_tuple(change);
 	if ((action != 'd' && newtup == NULL) || (action == 'd' && oldtup == NULL))
 	{
 		/* a delete without any old key: nothing to render */
@@ -661,7 +660,7 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	old = MemoryContextSwitchTo(st->txn_cxt);
 	text = pnstrdup(message, message_size);
-	lex = makeJsonLexContextCstringLen(text, strlen(text), GetDatabaseEncoding(), false);
+	lex = sequin_cdc_json_lexer(text, strlen(text));
 	if (pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS)
 		st->annotations = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 	else
@@ -678,7 +677,7 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 /* The capture workers' own writes are never captured (no feedback). */
 static bool
-plugin_filter_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
+plugin_filter_origin(LogicalDecodingContext *ctx, ReplOriginId origin_id)
 {
 	return sequin_cdc_is_own_origin(origin_id);
 }

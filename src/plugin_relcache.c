@@ -43,6 +43,7 @@
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "filter.h"
 #include "plugin_relcache.h"
 #include "row_json.h"
@@ -288,19 +289,25 @@ relcache_load_rules(PluginRelCache *cache, RelEntry *e, List *candidates,
 	return chosen;
 }
 
-/* Is one of candidates (a relation and its ancestors) in the publication? */
+/*
+ * Is one of candidates (a relation and its ancestors, the root first) in
+ * the publication?  A FOR ALL TABLES publication takes every table but
+ * those of its EXCEPT list (19); as in pgoutput, only a root can be listed
+ * there, so a partition is excluded by its root's entry.
+ */
 static bool
 relcache_is_published(Publication *pub, List *candidates)
 {
 	ListCell   *lc;
 
 	if (pub->alltables)
-		return true;
+		return !list_member_oid(sequin_cdc_relation_excluded_publications(linitial_oid(candidates)),
+								pub->oid);
 	foreach(lc, candidates)
 	{
 		Oid			relid = lfirst_oid(lc);
 
-		if (list_member_oid(GetRelationPublications(relid), pub->oid) ||
+		if (list_member_oid(sequin_cdc_relation_publications(relid), pub->oid) ||
 			list_member_oid(GetSchemaPublications(get_rel_namespace(relid)), pub->oid))
 			return true;
 	}
@@ -365,11 +372,12 @@ relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
 
 		e->report_desc = CreateTupleDescCopy(RelationGetDescr(report_rel));
 		if (report_rel != rel)
-			e->map = build_attrmap_by_name_if_req(RelationGetDescr(rel), e->report_desc);
+			e->map = sequin_cdc_attrmap_by_name_if_req(RelationGetDescr(rel), e->report_desc);
 		e->npk = sequin_cdc_primary_key(report_rel, &e->pk);
 		MemoryContextSwitchTo(old);
 	}
-	e->enc = sequin_cdc_row_encoder_create(e->report_desc, e->cxt);
+	/* from the relation's own descriptor: a copy has no attgenerated */
+	e->enc = sequin_cdc_row_encoder_create(RelationGetDescr(report_rel), e->cxt);
 
 	/*
 	 * What the WAL holds of old rows depends on the decoded relation's own

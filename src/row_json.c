@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * row_json.c
- *		Rendering a decoded row as jsonb, equal to what to_jsonb(row) gives.
+ *		Rendering a decoded row as jsonb, equal to what to_jsonb(row) gives
+ *		(virtual generated columns aside: they are not stored).
  *
  * Every column is sorted once into a kind when the relation's encoder is
  * built, with the same rules to_jsonb follows (domains look through to
@@ -30,6 +31,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
+#include "compat.h"
 #include "row_json.h"
 
 /* How a column of type typid is rendered; *base_out gets its base type. */
@@ -96,9 +98,13 @@ sequin_cdc_row_encoder_create(TupleDesc desc, MemoryContext cxt)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		ColumnEncoder *col = &enc->cols[i];
 
-		if (att->attisdropped)
+		/*
+		 * A virtual generated column (18) is not stored: the WAL holds no
+		 * value of it.  Left out of the row, as pgoutput leaves it out.
+		 */
+		if (att->attisdropped || sequin_cdc_attr_is_virtual(att))
 		{
-			col->kind = COLUMN_DROPPED;
+			col->kind = COLUMN_OMITTED;
 			continue;
 		}
 		col->kind = column_kind(att->atttypid, &col->base_type);
@@ -241,7 +247,7 @@ column_value(ColumnEncoder *col, Datum d, JsonbValue *v)
 				set_string(v, s, strlen(s));
 				break;
 			}
-		case COLUMN_DROPPED:
+		case COLUMN_OMITTED:
 			Assert(false);
 			break;
 	}
@@ -255,26 +261,25 @@ Jsonb *
 sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 				   const bool *include)
 {
-	JsonbParseState *state = NULL;
-	JsonbValue *res;
+	SequinCdcJsonbBuilder b = {0};
 
-	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	sequin_cdc_jsonb_push(&b, WJB_BEGIN_OBJECT, NULL);
 	for (int i = 0; i < enc->natts; i++)
 	{
 		ColumnEncoder *col = &enc->cols[i];
 		JsonbValue	v;
 
-		if (col->kind == COLUMN_DROPPED || (include && !include[i]))
+		if (col->kind == COLUMN_OMITTED || (include && !include[i]))
 			continue;
-		pushJsonbValue(&state, WJB_KEY, &col->key);
+		sequin_cdc_jsonb_push(&b, WJB_KEY, &col->key);
 		if (nulls[i])
 			v.type = jbvNull;
 		else
 			column_value(col, values[i], &v);
-		pushJsonbValue(&state, WJB_VALUE, &v);
+		sequin_cdc_jsonb_push(&b, WJB_VALUE, &v);
 	}
-	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	return JsonbValueToJsonb(res);
+	sequin_cdc_jsonb_push(&b, WJB_END_OBJECT, NULL);
+	return sequin_cdc_jsonb_result(&b);
 }
 
 /*
@@ -322,17 +327,16 @@ sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *ke
 	{
 		int			i = keys[0] - 1;
 
-		if (nulls[i] || enc->cols[i].kind == COLUMN_DROPPED)
+		if (nulls[i] || enc->cols[i].kind == COLUMN_OMITTED)
 			s = pstrdup("");
 		else
 			s = OutputFunctionCall(&enc->cols[i].out, values[i]);
 	}
 	else
 	{
-		JsonbParseState *state = NULL;
-		JsonbValue *res;
+		SequinCdcJsonbBuilder b = {0};
 
-		pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
+		sequin_cdc_jsonb_push(&b, WJB_BEGIN_ARRAY, NULL);
 		for (int k = 0; k < nkeys; k++)
 		{
 			int			i = keys[k] - 1;
@@ -342,10 +346,10 @@ sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys, const AttrNumber *ke
 				v.type = jbvNull;
 			else
 				column_value(&enc->cols[i], values[i], &v);
-			pushJsonbValue(&state, WJB_ELEM, &v);
+			sequin_cdc_jsonb_push(&b, WJB_ELEM, &v);
 		}
-		res = pushJsonbValue(&state, WJB_END_ARRAY, NULL);
-		s = JsonbToCString(NULL, &JsonbValueToJsonb(res)->root, 0);
+		sequin_cdc_jsonb_push(&b, WJB_END_ARRAY, NULL);
+		s = JsonbToCString(NULL, &sequin_cdc_jsonb_result(&b)->root, 0);
 	}
 	*len = strlen(s);
 	return s;

@@ -17,7 +17,7 @@
 
 typedef enum ColumnKind
 {
-	COLUMN_DROPPED,
+	COLUMN_OMITTED,				/* dropped, or virtual generated: not rendered */
 	COLUMN_BOOL,
 	COLUMN_INT,					/* int2, int4, int8 */
 	COLUMN_NUMERIC,

@@ -235,9 +235,9 @@ sequin_cdc_wake_launcher(void)
  * single aligned 16-bit store.
  */
 bool
-sequin_cdc_is_own_origin(RepOriginId origin)
+sequin_cdc_is_own_origin(ReplOriginId origin)
 {
-	if (origin == InvalidRepOriginId || sequin_cdc_shared == NULL)
+	if (origin == InvalidReplOriginId || sequin_cdc_shared == NULL)
 		return false;
 	for (int i = 0; i < sequin_cdc_shared->nslots; i++)
 	{

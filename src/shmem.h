@@ -18,6 +18,8 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 
+#include "compat.h"
+
 /* Replication origin of a slot's capture worker: this prefix + slot name */
 #define SEQUIN_CDC_ORIGIN_PREFIX "sequin_cdc_"
 /* Longest error message kept in shared memory or a catalog row */
@@ -47,7 +49,7 @@ typedef struct CaptureSlotShared
 	pid_t		pid;
 	Latch	   *latch;
 	CaptureState state;
-	RepOriginId origin;
+	ReplOriginId origin;
 	TimestampTz last_start;
 	uint64		changes_captured;
 	uint64		transactions_captured;
@@ -102,7 +104,7 @@ extern void sequin_cdc_launcher_attach(void);
 extern void sequin_cdc_wake_launcher(void);
 
 /* Replication origins of the capture workers */
-extern bool sequin_cdc_is_own_origin(RepOriginId origin);
+extern bool sequin_cdc_is_own_origin(ReplOriginId origin);
 extern void sequin_cdc_origin_name(const char *slot_name, char *buf, size_t len);
 
 /* Sink registry */

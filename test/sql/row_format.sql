@@ -26,6 +26,17 @@ CREATE DOMAIN rf_email AS text CHECK (VALUE LIKE '%@%');
 CREATE DOMAIN rf_day AS date;
 CREATE TYPE rf_addr AS (street text, zip int, tags text[], seen timestamptz);
 
+-- c_xml is an xml column when the server has xml (built with libxml), else
+-- text, which renders the same: a JSON string of the value's text form
+CREATE FUNCTION pg_temp.rf_xml_type() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM '<a/>'::xml;
+    RETURN 'xml';
+EXCEPTION WHEN feature_not_supported THEN
+    RETURN 'text';
+END $$;
+SELECT pg_temp.rf_xml_type() AS rf_xml_type \gset
+
 CREATE TABLE rf_t (
     id int PRIMARY KEY,
     c_dropped_early text,
@@ -41,7 +52,7 @@ CREATE TABLE rf_t (
     c_int_arr int[], c_text_arr text[], c_int_2d int[][], c_num_arr numeric[],
     c_float_arr float8[], c_tstz_arr timestamptz[], c_jsonb_arr jsonb[], c_mood_arr rf_mood[],
     c_mood rf_mood, c_posint rf_posint, c_email rf_email, c_day rf_day, c_addr rf_addr,
-    c_int4range int4range, c_tstzrange tstzrange, c_tsvector tsvector, c_xml xml,
+    c_int4range int4range, c_tstzrange tstzrange, c_tsvector tsvector, c_xml :rf_xml_type,
     c_bit bit(4), c_varbit varbit, c_point point,
     "Mixed Case" int, "with space" text,
     c_big_text text,
