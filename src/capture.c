@@ -135,18 +135,24 @@ static void
 set_state(CaptureState state)
 {
 	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
-	my_entry->state = state;
+	if (my_entry->pid == MyProcPid)
+		my_entry->state = state;
 	LWLockRelease(sequin_cdc_shared->lock);
 }
 
-/* Is drop_slot() waiting for this worker to let the slot go? */
+/*
+ * Is drop_slot() waiting for this worker to let the slot go, or has it
+ * already dropped it and given the entry back (the entry is no longer this
+ * worker's: a worker still waiting for its configuration would otherwise
+ * wait forever, and keep the launcher from serving the entry's next slot)?
+ */
 static bool
 drop_requested(void)
 {
 	bool		r;
 
 	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
-	r = my_entry->drop_requested;
+	r = my_entry->drop_requested || !my_entry->in_use || my_entry->pid != MyProcPid;
 	LWLockRelease(sequin_cdc_shared->lock);
 	return r;
 }

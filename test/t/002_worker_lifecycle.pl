@@ -301,5 +301,30 @@ is( $node->safe_psql('postgres',
 	($next_id - 1 + 100) . '|' . ($next_id - 1 + 100),
 	'no change captured twice across drop and re-create');
 
+# A worker still waiting for its configuration (its row gone, as a restore
+# can leave it) when drop_slot drops its slot and gives its shared entry
+# back: held with SIGSTOP until drop_slot has returned, it must still exit
+# (it used to wait forever and hold the entry, so that the next slot given
+# that entry got no worker).
+$node->safe_psql('postgres', "DELETE FROM sequin_cdc.slots WHERE slot_name = 's1'");
+kill 'TERM', $pid5;
+ok( SequinNode::poll_until($node, 'postgres',
+		q{SELECT state || (pid IS NOT NULL) FROM sequin_cdc.pg_stat_capture WHERE slot_name = 's1'},
+		expected => 'waiting for configurationtrue', timeout => 30),
+	'the restarted worker waits for the missing configuration row');
+my $waiting = SequinNode::worker_pid($node, 's1');
+kill 'STOP', $waiting;
+$node->safe_psql('postgres', "SELECT sequin_cdc.drop_slot('s1')");
+kill 'CONT', $waiting;
+SequinNode::wait_until("waiting worker $waiting exits after its slot was dropped",
+	sub { !kill(0, $waiting) }, 10);
+$node->safe_psql('postgres', "SELECT sequin_cdc.create_slot('s3', 'pub')");
+isnt(SequinNode::wait_for_worker($node, 's3', timeout => 10), '',
+	'the next slot gets a worker');
+ok( SequinNode::poll_until($node, 'postgres',
+		q{SELECT state FROM sequin_cdc.pg_stat_capture WHERE slot_name = 's3'},
+		expected => 'streaming', timeout => 10),
+	'and it streams');
+
 $node->stop;
 done_testing();
