@@ -23,7 +23,7 @@ use SequinNode;
 use Test::More;
 
 my $node = SequinNode::new_node('except');
-if ($node->pg_version < 19)
+if ($node->pg_version->major < 19)
 {
 	plan skip_all => 'FOR ALL TABLES EXCEPT needs PostgreSQL 19 or later (server is '
 	  . $node->pg_version . ')';
@@ -59,7 +59,7 @@ $node->safe_psql('postgres', q{
 my ($rc, $out, $err) = $node->psql('postgres',
 	q{SELECT sequin_cdc.add_change_retention('later', slot => 's')});
 isnt($rc, 0, 'add_change_retention refuses a table the publication excepts');
-like($err, qr/table "later" is not in publication "pub"/, 'and says why');
+like($err, qr/table "public\.later" is not in publication "pub"/, 'and says why');
 
 $node->safe_psql('postgres', q{
 	INSERT INTO kept VALUES (1, 'a');

@@ -25,7 +25,7 @@ use Test::More;
 
 my $node = SequinNode::new_node('gen');
 $node->start;
-my $virtual = $node->pg_version >= 18;
+my $virtual = $node->pg_version->major >= 18;
 
 # The change rows of $table, once capture has caught up: "action:record ...".
 sub records_of
