@@ -21,7 +21,7 @@ OBJS = \
 	src/sink_webhook.o
 
 EXTENSION = sequin_cdc
-EXTVERSION = 0.3.0
+EXTVERSION = 0.4.0
 # The install script of the current version is joined from sql/src/NN_*.sql
 # (one subsystem a piece), as pg_cron builds its own; like every released
 # script it is committed. Upgrade scripts are written by hand.

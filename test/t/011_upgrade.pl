@@ -1,14 +1,14 @@
 
 # Copyright: sequin_cdc contributors
 #
-# ALTER EXTENSION sequin_cdc UPDATE, 0.1.0 -> 0.2.0 -> 0.3.0: a database
+# ALTER EXTENSION sequin_cdc UPDATE, 0.1.0 -> 0.2.0 -> 0.3.0 -> 0.4.0: a database
 # with a slot, a rule and captured changes keeps capturing across each
 # update, nothing lost or duplicated, and its sequin_cdc schema is then the
-# one a fresh 0.3.0 install makes (functions with their definitions,
+# one a fresh 0.4.0 install makes (functions with their definitions,
 # volatility, SECURITY DEFINER, settings and ACLs; tables, views and
 # sequences with their ACLs and row security; columns; triggers; view
 # definitions; policies; what pg_dump keeps), as are those of 0.1.0 updated
-# in one step and of 0.2.0 updated. The committed 0.3.0 install script is
+# in one step and of 0.2.0 and 0.3.0 updated. The committed 0.4.0 install script is
 # the one its pieces (sql/src) join to.
 
 use strict;
@@ -29,6 +29,7 @@ $node->safe_psql('postgres', q{
 	CREATE DATABASE fresh;
 	CREATE DATABASE from_010;
 	CREATE DATABASE from_020;
+	CREATE DATABASE from_030;
 	CREATE EXTENSION sequin_cdc VERSION '0.1.0';
 	CREATE TABLE src (id bigint PRIMARY KEY, t text);
 	ALTER TABLE src REPLICA IDENTITY FULL;
@@ -62,7 +63,7 @@ my $health = $node->safe_psql('postgres', $health_query);
 unlike($health, qr/=error/, 'health() after the update: no error');
 
 # 0.2.0 -> 0.3.0 with the worker running
-$node->safe_psql('postgres', 'ALTER EXTENSION sequin_cdc UPDATE');
+$node->safe_psql('postgres', "ALTER EXTENSION sequin_cdc UPDATE TO '0.3.0'");
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
 	'0.3.0', 'updated to 0.3.0');
 $node->safe_psql('postgres', q{
@@ -80,10 +81,29 @@ is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT seq) 
 	'19 19 19', 'nothing lost or duplicated across both updates');
 is($node->safe_psql('postgres', $health_query), $health, 'health() gives the same checks after the update to 0.3.0');
 
+# 0.3.0 -> 0.4.0 with the worker running
+$node->safe_psql('postgres', 'ALTER EXTENSION sequin_cdc UPDATE');
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
+	'0.4.0', 'updated to 0.4.0');
+$node->safe_psql('postgres', q{
+	UPDATE src SET t = 'last' WHERE id = 5;
+	DELETE FROM src WHERE id = 2;
+	INSERT INTO src VALUES (13, 'last');
+});
+ok(SequinNode::wait_for_capture($node), 'captured after the update to 0.4.0');
+is($node->safe_psql('postgres', q{SELECT string_agg(action || record_pk, ',' ORDER BY seq)
+                                    FROM sequin_cdc.changes WHERE seq > 19}),
+	'update5,delete2,insert13', 'capture goes on across the third update, exactly once');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT seq) || ' ' || count(DISTINCT (action, record_pk, record))
+                                    FROM sequin_cdc.changes}),
+	'22 22 22', 'nothing lost or duplicated across three updates');
+unlike($node->safe_psql('postgres', $health_query), qr/=error/, 'health() after the update to 0.4.0: no error');
+
 $node->safe_psql('fresh', 'CREATE EXTENSION sequin_cdc');
 is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'sequin_cdc'"),
-	'0.3.0', 'a fresh install is 0.3.0');
+	'0.4.0', 'a fresh install is 0.4.0');
 $node->safe_psql('from_010', "CREATE EXTENSION sequin_cdc VERSION '0.1.0'; ALTER EXTENSION sequin_cdc UPDATE");
+$node->safe_psql('from_030', "CREATE EXTENSION sequin_cdc VERSION '0.3.0'; ALTER EXTENSION sequin_cdc UPDATE");
 
 # a rule whose filter uses a whole-row reference (0.2.0 took it; 0.3.0's
 # decoder cannot apply it) stops the update, named, until it is replaced
@@ -144,24 +164,25 @@ my %catalog = (
 		  FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'sequin_cdc'},
 );
 my %updated = (
-	postgres => '0.1.0 -> 0.2.0 -> 0.3.0, capturing',
-	from_010 => '0.1.0 -> 0.3.0',
-	from_020 => '0.2.0 -> 0.3.0');
+	postgres => '0.1.0 -> 0.2.0 -> 0.3.0 -> 0.4.0, capturing',
+	from_010 => '0.1.0 -> 0.4.0',
+	from_020 => '0.2.0 -> 0.4.0',
+	from_030 => '0.3.0 -> 0.4.0');
 for my $what (sort keys %catalog)
 {
 	my $fresh = $node->safe_psql('fresh', $catalog{$what});
 	isnt($fresh, '', "$what: listed") unless $what eq 'policies' || $what eq 'schema_acl';
 	for my $db (sort keys %updated)
 	{
-		is($node->safe_psql($db, $catalog{$what}), $fresh, "$what: $updated{$db} equals fresh 0.3.0");
+		is($node->safe_psql($db, $catalog{$what}), $fresh, "$what: $updated{$db} equals fresh 0.4.0");
 	}
 }
 
 # the committed install script is what make joins from the pieces
 my $top = "$FindBin::RealBin/../..";
 my $joined = join('', map { slurp_file($_) } sort glob("$top/sql/src/*.sql"));
-ok($joined eq slurp_file("$top/sql/sequin_cdc--0.3.0.sql"),
-	'sql/sequin_cdc--0.3.0.sql is sql/src/*.sql joined (run make and commit it)');
+ok($joined eq slurp_file("$top/sql/sequin_cdc--0.4.0.sql"),
+	'sql/sequin_cdc--0.4.0.sql is sql/src/*.sql joined (run make and commit it)');
 
 $node->stop;
 done_testing();
