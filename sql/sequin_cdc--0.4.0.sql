@@ -357,16 +357,19 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc.create_publication(name, regclass[], name[], bool) IS
     'Creates a publication of the given tables and schemas (all tables when both are null). Create it before the slot.';
 
-CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name, failover bool DEFAULT false)
+-- Not STRICT: replaces is null unless given (the C function refuses the
+-- other nulls).
+CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name, failover bool DEFAULT false,
+                                       replaces name DEFAULT NULL)
 RETURNS pg_lsn
-LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
-COMMENT ON FUNCTION sequin_cdc.create_slot(name, name, bool) IS
-    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at. failover => true (PostgreSQL 17+) makes it a failover slot, which standbys with sync_replication_slots = on keep in sync.';
+LANGUAGE c AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
+COMMENT ON FUNCTION sequin_cdc.create_slot(name, name, bool, name) IS
+    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at. failover => true (PostgreSQL 17+) makes it a failover slot, which standbys with sync_replication_slots = on keep in sync. replaces => names configuration whose slot is not in this database (a restored database): the new slot takes over its retention rules and backfills.';
 
 CREATE FUNCTION sequin_cdc.drop_slot(slot name) RETURNS void
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_drop_slot';
 COMMENT ON FUNCTION sequin_cdc.drop_slot(name) IS
-    'Stops the capture worker of a sequin_cdc slot and drops the slot. Its retention rules stay and apply again if a slot of the same name is created.';
+    'Stops the capture worker of a sequin_cdc slot and drops the slot. Its retention rules stay and apply again if a slot of the same name is created. Configuration whose slot is not in this database (a restored database) is removed alone.';
 
 ------------------------------------------------------------------------------
 -- Retention rules
@@ -561,9 +564,9 @@ SELECT s.slot_name::text AS slot_name,
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
- WHERE s.plugin = 'sequin_cdc';
+ WHERE s.plugin = 'sequin_cdc' AND s.database = current_database();
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot: its capture worker, counters, positions, lag and last error.';
+    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag and last error.';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool
@@ -1315,7 +1318,9 @@ COMMENT ON PROCEDURE sequin_cdc.run_retention(regclass, int, bigint) IS
 
 -- pg_cron state of the policies' jobs: its tables may not exist (pg_cron
 -- created later, or elsewhere), hence dynamic SQL; SECURITY DEFINER because
--- pg_cron's row level security shows each role only its own jobs.
+-- pg_cron's row level security shows each role only its own jobs.  Jobs of
+-- this database only: a policy restored from a dump of another database
+-- names a job of that one (cron.job is dumped with pg_cron's database).
 CREATE FUNCTION sequin_cdc._retention_jobs(
     OUT jobid bigint, OUT active bool, OUT last_status text, OUT last_start timestamptz,
     OUT last_end timestamptz, OUT last_message text)
@@ -1330,7 +1335,8 @@ BEGIN
     IF to_regclass('cron.job_run_details') IS NULL THEN
         RETURN QUERY SELECT j.jobid, j.active, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::text
                        FROM cron.job j
-                      WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p);
+                      WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)
+                        AND j.database = current_database();
         RETURN;
     END IF;
     RETURN QUERY EXECUTE $q$
@@ -1340,7 +1346,8 @@ BEGIN
                                FROM cron.job_run_details d
                               WHERE d.jobid = j.jobid
                               ORDER BY d.runid DESC LIMIT 1) r ON true
-         WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)$q$;
+         WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)
+           AND j.database = current_database()$q$;
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._retention_jobs() IS
@@ -1824,16 +1831,25 @@ BEGIN
                rs.wal_status, c.pid, c.lag_bytes, c.last_error, c.errors,
                (to_jsonb(rs) ->> 'failover')::bool AS failover,
                to_jsonb(rs) ->> 'invalidation_reason' AS invalidation_reason,
-               EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists
+               EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists,
+               (SELECT o.database FROM pg_replication_slots o
+                 WHERE o.slot_name = s.slot_name AND o.database IS DISTINCT FROM current_database()) AS elsewhere
           FROM sequin_cdc.slots s
-          LEFT JOIN pg_replication_slots rs ON rs.slot_name = s.slot_name
+          LEFT JOIN pg_replication_slots rs
+                 ON rs.slot_name = s.slot_name AND rs.database = current_database()
           LEFT JOIN sequin_cdc.pg_stat_capture c ON c.slot_name = s.slot_name::text
          ORDER BY s.slot_name
     LOOP
         check_name := format('slot %s', r.slot_name);
-        IF NOT r.present THEN
+        IF NOT r.present AND r.elsewhere IS NOT NULL THEN
+            -- e.g. this database was restored from a dump of that one
             status := 'error';
-            detail := 'the replication slot is missing; drop its configuration with sequin_cdc.drop_slot() or create it again';
+            detail := format('no slot here: create one; slot %s belongs to database %s (this database was restored or copied from it) and slot names are cluster-wide, so nothing is captured here until a slot of another name takes over this configuration: SELECT sequin_cdc.create_slot(''<new name>'', %L, replaces => %L); (or remove the configuration with sequin_cdc.drop_slot(%L))',
+                             r.slot_name, r.elsewhere, r.publication, r.slot_name, r.slot_name);
+        ELSIF NOT r.present THEN
+            status := 'error';
+            detail := format('no slot here: create one with SELECT sequin_cdc.create_slot(%L, %L); nothing is captured until then (or remove the configuration with sequin_cdc.drop_slot(%L))',
+                             r.slot_name, r.publication, r.slot_name);
         ELSIF r.invalidation_reason = 'idle_timeout' THEN
             status := 'error';
             detail := format('the slot was invalidated (invalidation_reason = idle_timeout): it stayed unused longer than idle_replication_slot_timeout = %s and changes were lost; raise idle_replication_slot_timeout (0 turns it off) in postgresql.conf and reload, then drop and create the slot, then backfill',
@@ -1955,9 +1971,10 @@ BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
         check_name := format('retention %s', r.change_table);
         IF r.job_state = 'missing' THEN
+            -- (or a job of the database this one was restored from)
             status := 'error';
-            detail := format('pg_cron job %s is gone: old changes are not removed; run sequin_cdc.set_retention_policy(%L, %L) again',
-                             r.jobid, r.change_table::text, r.keep::text);
+            detail := format('pg_cron job %s is not a job of this database (dropped, or this database was restored from a dump): old changes are not removed; run SELECT sequin_cdc.set_retention_policy(%L, %L, %L); again',
+                             r.jobid, r.change_table::text, r.keep::text, r.schedule);
         ELSIF r.job_state = 'inactive' THEN
             status := 'warning';
             detail := format('pg_cron job %s is inactive; activate it with cron.alter_job(%s, active => true)', r.jobid, r.jobid);
@@ -2248,6 +2265,41 @@ CREATE TRIGGER guard BEFORE INSERT OR UPDATE OR DELETE ON sequin_cdc.retention_p
 CREATE TRIGGER guard BEFORE INSERT OR UPDATE ON sequin_cdc.sinks
     FOR EACH ROW EXECUTE FUNCTION sequin_cdc._guard_sinks();
 
+------------------------------------------------------------------------------
+-- pg_dump / pg_restore
+--
+-- The configuration tables are dumped whole (pg_extension_config_dump), and
+-- a restore first runs CREATE EXTENSION, which inserts rows of its own: the
+-- database identity and the registration of sequin_cdc.changes.  COPY
+-- knows no ON CONFLICT, so these BEFORE INSERT triggers let the dumped row
+-- replace the one CREATE EXTENSION made: the restored database keeps the id
+-- its change rows carry.  Only superusers can insert those rows (the guard
+-- triggers, and REVOKE on database_identity), so nothing else changes.
+------------------------------------------------------------------------------
+
+-- Before a row of database_identity or the registration of
+-- sequin_cdc.changes is inserted, the row of the same key goes.
+CREATE FUNCTION sequin_cdc._replace_install_row() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF TG_TABLE_NAME = 'database_identity' THEN
+        DELETE FROM sequin_cdc.database_identity d WHERE d.singleton = NEW.singleton;
+    ELSIF TG_TABLE_NAME = 'change_tables'
+          AND NEW.change_table = to_regclass('sequin_cdc.changes') THEN
+        DELETE FROM sequin_cdc.change_tables ct WHERE ct.change_table = NEW.change_table;
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+COMMENT ON FUNCTION sequin_cdc._replace_install_row() IS
+    'Internal: lets a restored row of database_identity, or the restored registration of sequin_cdc.changes, replace the one CREATE EXTENSION inserted.';
+
+CREATE TRIGGER replace_install_row BEFORE INSERT ON sequin_cdc.database_identity
+    FOR EACH ROW EXECUTE FUNCTION sequin_cdc._replace_install_row();
+CREATE TRIGGER replace_install_row BEFORE INSERT ON sequin_cdc.change_tables
+    FOR EACH ROW EXECUTE FUNCTION sequin_cdc._replace_install_row();
 ------------------------------------------------------------------------------
 -- The dedicated role
 ------------------------------------------------------------------------------

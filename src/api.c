@@ -149,20 +149,96 @@ api_check_slots_table_privilege(const char *slot_name, AclMode privs, const char
 }
 
 /*
- * create_slot(slot name, publication name, failover bool = false) returns pg_lsn
+ * Errors unless "replaces" names configuration of this database whose slot
+ * is not here: a row of sequin_cdc.slots without a replication slot of that
+ * name in this database.  That is what a restored database has (slot names
+ * are cluster-wide, and the slot stayed with the database that was dumped),
+ * and what create_slot(..., replaces => ...) takes over.
+ */
+static void
+api_check_replaces(Name slot, Name replaces)
+{
+	Oid			argtypes[1] = {NAMEOID};
+	Datum		args[1] = {NameGetDatum(replaces)};
+	ReplicationSlot *s;
+	Oid			slot_db;
+	bool		configured;
+
+	if (namestrcmp(slot, NameStr(*replaces)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a slot cannot replace itself"),
+				 errhint("Give the new slot another name: SELECT sequin_cdc.create_slot('<new name>', '<publication>', replaces => '%s');",
+						 NameStr(*replaces))));
+
+	SPI_connect();
+	SPI_execute_with_args("SELECT 1 FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $1",
+						  1, argtypes, args, NULL, true, 1);
+	configured = SPI_processed > 0;
+	SPI_finish();
+	if (!configured)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("this database has no configuration of slot \"%s\"", NameStr(*replaces)),
+				 errhint("replaces => names a row of sequin_cdc.slots whose slot is not in this database (as after a restore); sequin_cdc.health() lists them.")));
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(NameStr(*replaces), false);
+	slot_db = s ? s->data.database : InvalidOid;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (s != NULL && slot_db == MyDatabaseId)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("slot \"%s\" is a slot of this database", NameStr(*replaces)),
+				 errdetail("replaces => takes over the configuration of a slot that is not in this database, as after a restore."),
+				 errhint("Keep using slot \"%s\", or drop it first with sequin_cdc.drop_slot().",
+						 NameStr(*replaces))));
+}
+
+/*
+ * The new slot takes over the configuration of "replaces" (checked by
+ * api_check_replaces): its retention rules and backfills now name the new
+ * slot, and the old row goes.  In the transaction that records the slot.
+ */
+static void
+api_take_over_configuration(Name slot, Name replaces)
+{
+	Oid			argtypes[2] = {NAMEOID, NAMEOID};
+	Datum		args[2] = {NameGetDatum(slot), NameGetDatum(replaces)};
+
+	SPI_connect();
+	SPI_execute_with_args("UPDATE " SEQUIN_CDC_SCHEMA "." SEQUIN_CDC_RULES_TABLE
+						  " SET slot_name = $1 WHERE slot_name = $2",
+						  2, argtypes, args, NULL, false, 0);
+	SPI_execute_with_args("UPDATE " SEQUIN_CDC_BACKFILLS_QUALIFIED
+						  " SET slot_name = $1 WHERE slot_name = $2",
+						  2, argtypes, args, NULL, false, 0);
+	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $2",
+						  2, argtypes, args, NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * create_slot(slot name, publication name, failover bool = false,
+ *			   replaces name = null) returns pg_lsn
  *
  * Checks everything a user can get wrong first, each with its own hint,
  * then creates the logical slot with our plugin, records it, and wakes the
  * launcher, which starts the capture worker at once.  Returns the LSN from
- * which changes are captured.  failover (17+) makes it a failover slot; the
- * SQL of 0.1.0 and 0.2.0 passes two arguments only.
+ * which changes are captured.  failover (17+) makes it a failover slot;
+ * replaces names configuration whose slot is not here (a restored
+ * database), which the new slot takes over.  The SQL of 0.1.0 and 0.2.0
+ * passes two arguments only, that of 0.3.0 three (and is STRICT).
  */
 Datum
 sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 {
-	Name		slot = PG_GETARG_NAME(0);
-	Name		publication = PG_GETARG_NAME(1);
-	bool		failover = PG_NARGS() > 2 ? PG_GETARG_BOOL(2) : false;
+	Name		slot;
+	Name		publication;
+	bool		failover;
+	Name volatile replaces = NULL;
+	ReplicationSlot *existing;
+	Oid			existing_db;
 	const char *setting;
 	int			in_use = 0;
 	LogicalDecodingContext *ctx;
@@ -170,6 +246,18 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	char		origin_name[NAMEDATALEN + 16];
 
 	sequin_cdc_require_preload();
+
+	for (int i = 0; i < Min(PG_NARGS(), 3); i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("slot, publication and failover must not be null"),
+					 errhint("Pass a slot name and a publication, e.g. SELECT sequin_cdc.create_slot('shop_slot', 'shop');")));
+	slot = PG_GETARG_NAME(0);
+	publication = PG_GETARG_NAME(1);
+	failover = PG_NARGS() > 2 ? PG_GETARG_BOOL(2) : false;
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+		replaces = PG_GETARG_NAME(3);
 
 	if (wal_level < WAL_LEVEL_LOGICAL)
 		ereport(ERROR,
@@ -193,8 +281,12 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errdetail("Failover slots, which standbys keep in sync, are new in PostgreSQL 17."),
 				 errhint("Create the slot without failover => true, or upgrade the server to PostgreSQL 17 or later.")));
 	api_check_slot_privilege(NameStr(*slot));
-	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT | ACL_INSERT | ACL_UPDATE, "create");
+	api_check_slots_table_privilege(NameStr(*slot),
+									ACL_SELECT | ACL_INSERT | ACL_UPDATE | (replaces ? ACL_DELETE : 0),
+									"create");
 	sequin_cdc_slot_validate_name(NameStr(*slot));
+	if (replaces)
+		api_check_replaces(slot, replaces);
 
 	if (!OidIsValid(get_publication_oid(NameStr(*publication), true)))
 		ereport(ERROR,
@@ -202,7 +294,24 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 				 errmsg("publication \"%s\" does not exist", NameStr(*publication)),
 				 errhint("Create it first with sequin_cdc.create_publication(), and commit it: a slot created before its publication can miss changes.")));
 
-	if (SearchNamedReplicationSlot(NameStr(*slot), true) != NULL)
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	existing = SearchNamedReplicationSlot(NameStr(*slot), false);
+	existing_db = existing ? existing->data.database : InvalidOid;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (existing != NULL && OidIsValid(existing_db) && existing_db != MyDatabaseId)
+	{
+		char	   *dbname = get_database_name(existing_db);
+
+		/* e.g. this database was restored from a dump of that one */
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("replication slot \"%s\" already exists in database \"%s\"",
+						NameStr(*slot), dbname ? dbname : "?"),
+				 errdetail("Slot names are cluster-wide."),
+				 errhint("Choose another name; to take over this database's configuration of slot \"%s\": SELECT sequin_cdc.create_slot('<new name>', '%s', replaces => '%s');",
+						 NameStr(*slot), NameStr(*publication), NameStr(*slot))));
+	}
+	if (existing != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("replication slot \"%s\" already exists", NameStr(*slot)),
@@ -264,6 +373,8 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 							  "SET publication = excluded.publication, created_at = now()",
 							  2, argtypes, args, NULL, false, 0);
 		SPI_finish();
+		if (replaces)
+			api_take_over_configuration(slot, replaces);
 	}
 	PG_CATCH();
 	{
@@ -299,8 +410,10 @@ api_delete_slot_row(Name slot)
 /*
  * drop_slot(slot name)
  *
- * All or nothing: every check comes first (REPLICATION, rights on
- * sequin_cdc.slots, the slot is ours and in this database), then the
+ * Configuration whose slot is not in this database (a restored database)
+ * is removed alone.  Otherwise all or nothing: every check comes first
+ * (REPLICATION, rights on sequin_cdc.slots, the slot is ours and in this
+ * database), then the
  * transactional part (the row, whose triggers may still refuse), and only
  * then what cannot be rolled back: the worker is asked to stop, the slot is
  * dropped once it has released it, then its replication origin.
@@ -324,20 +437,30 @@ sequin_cdc_drop_slot(PG_FUNCTION_ARGS)
 	ours = s && strcmp(NameStr(s->data.plugin), SEQUIN_CDC_PLUGIN) == 0;
 	slot_db = s ? s->data.database : InvalidOid;
 	LWLockRelease(ReplicationSlotControlLock);
-	if (s == NULL)
+	if (s == NULL || slot_db != MyDatabaseId)
 	{
-		/* only the configuration is left (e.g. after a restore): clean it */
+		/*
+		 * Only the configuration is here (e.g. after a restore, the slot
+		 * stayed with the database that was dumped): it goes, the slot of
+		 * that name, if any, stays.
+		 */
 		if (api_delete_slot_row(slot) > 0)
 		{
-			ereport(NOTICE,
-					(errmsg("replication slot \"%s\" did not exist; its configuration was removed",
-							NameStr(*slot))));
+			if (s == NULL)
+				ereport(NOTICE,
+						(errmsg("replication slot \"%s\" did not exist; its configuration was removed",
+								NameStr(*slot))));
+			else
+				ereport(NOTICE,
+						(errmsg("replication slot \"%s\" is not in this database and stays; its configuration here was removed",
+								NameStr(*slot))));
 			PG_RETURN_VOID();
 		}
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("replication slot \"%s\" does not exist", NameStr(*slot)),
-				 errhint("sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.")));
+		if (s == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("replication slot \"%s\" does not exist", NameStr(*slot)),
+					 errhint("sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.")));
 	}
 	if (!ours)
 		ereport(ERROR,

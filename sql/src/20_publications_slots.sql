@@ -54,14 +54,17 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc.create_publication(name, regclass[], name[], bool) IS
     'Creates a publication of the given tables and schemas (all tables when both are null). Create it before the slot.';
 
-CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name, failover bool DEFAULT false)
+-- Not STRICT: replaces is null unless given (the C function refuses the
+-- other nulls).
+CREATE FUNCTION sequin_cdc.create_slot(slot name, publication name, failover bool DEFAULT false,
+                                       replaces name DEFAULT NULL)
 RETURNS pg_lsn
-LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
-COMMENT ON FUNCTION sequin_cdc.create_slot(name, name, bool) IS
-    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at. failover => true (PostgreSQL 17+) makes it a failover slot, which standbys with sync_replication_slots = on keep in sync.';
+LANGUAGE c AS 'MODULE_PATHNAME', 'sequin_cdc_create_slot';
+COMMENT ON FUNCTION sequin_cdc.create_slot(name, name, bool, name) IS
+    'Creates a logical replication slot decoded by sequin_cdc for the publication and starts its capture worker; returns the LSN capture starts at. failover => true (PostgreSQL 17+) makes it a failover slot, which standbys with sync_replication_slots = on keep in sync. replaces => names configuration whose slot is not in this database (a restored database): the new slot takes over its retention rules and backfills.';
 
 CREATE FUNCTION sequin_cdc.drop_slot(slot name) RETURNS void
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_drop_slot';
 COMMENT ON FUNCTION sequin_cdc.drop_slot(name) IS
-    'Stops the capture worker of a sequin_cdc slot and drops the slot. Its retention rules stay and apply again if a slot of the same name is created.';
+    'Stops the capture worker of a sequin_cdc slot and drops the slot. Its retention rules stay and apply again if a slot of the same name is created. Configuration whose slot is not in this database (a restored database) is removed alone.';
 

@@ -21,9 +21,9 @@ SELECT s.slot_name::text AS slot_name,
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
- WHERE s.plugin = 'sequin_cdc';
+ WHERE s.plugin = 'sequin_cdc' AND s.database = current_database();
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot: its capture worker, counters, positions, lag and last error.';
+    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag and last error.';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool

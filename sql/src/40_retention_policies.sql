@@ -557,7 +557,9 @@ COMMENT ON PROCEDURE sequin_cdc.run_retention(regclass, int, bigint) IS
 
 -- pg_cron state of the policies' jobs: its tables may not exist (pg_cron
 -- created later, or elsewhere), hence dynamic SQL; SECURITY DEFINER because
--- pg_cron's row level security shows each role only its own jobs.
+-- pg_cron's row level security shows each role only its own jobs.  Jobs of
+-- this database only: a policy restored from a dump of another database
+-- names a job of that one (cron.job is dumped with pg_cron's database).
 CREATE FUNCTION sequin_cdc._retention_jobs(
     OUT jobid bigint, OUT active bool, OUT last_status text, OUT last_start timestamptz,
     OUT last_end timestamptz, OUT last_message text)
@@ -572,7 +574,8 @@ BEGIN
     IF to_regclass('cron.job_run_details') IS NULL THEN
         RETURN QUERY SELECT j.jobid, j.active, NULL::text, NULL::timestamptz, NULL::timestamptz, NULL::text
                        FROM cron.job j
-                      WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p);
+                      WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)
+                        AND j.database = current_database();
         RETURN;
     END IF;
     RETURN QUERY EXECUTE $q$
@@ -582,7 +585,8 @@ BEGIN
                                FROM cron.job_run_details d
                               WHERE d.jobid = j.jobid
                               ORDER BY d.runid DESC LIMIT 1) r ON true
-         WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)$q$;
+         WHERE j.jobid IN (SELECT p.jobid FROM sequin_cdc.retention_policies p)
+           AND j.database = current_database()$q$;
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc._retention_jobs() IS

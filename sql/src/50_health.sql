@@ -65,16 +65,25 @@ BEGIN
                rs.wal_status, c.pid, c.lag_bytes, c.last_error, c.errors,
                (to_jsonb(rs) ->> 'failover')::bool AS failover,
                to_jsonb(rs) ->> 'invalidation_reason' AS invalidation_reason,
-               EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists
+               EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = s.publication) AS pub_exists,
+               (SELECT o.database FROM pg_replication_slots o
+                 WHERE o.slot_name = s.slot_name AND o.database IS DISTINCT FROM current_database()) AS elsewhere
           FROM sequin_cdc.slots s
-          LEFT JOIN pg_replication_slots rs ON rs.slot_name = s.slot_name
+          LEFT JOIN pg_replication_slots rs
+                 ON rs.slot_name = s.slot_name AND rs.database = current_database()
           LEFT JOIN sequin_cdc.pg_stat_capture c ON c.slot_name = s.slot_name::text
          ORDER BY s.slot_name
     LOOP
         check_name := format('slot %s', r.slot_name);
-        IF NOT r.present THEN
+        IF NOT r.present AND r.elsewhere IS NOT NULL THEN
+            -- e.g. this database was restored from a dump of that one
             status := 'error';
-            detail := 'the replication slot is missing; drop its configuration with sequin_cdc.drop_slot() or create it again';
+            detail := format('no slot here: create one; slot %s belongs to database %s (this database was restored or copied from it) and slot names are cluster-wide, so nothing is captured here until a slot of another name takes over this configuration: SELECT sequin_cdc.create_slot(''<new name>'', %L, replaces => %L); (or remove the configuration with sequin_cdc.drop_slot(%L))',
+                             r.slot_name, r.elsewhere, r.publication, r.slot_name, r.slot_name);
+        ELSIF NOT r.present THEN
+            status := 'error';
+            detail := format('no slot here: create one with SELECT sequin_cdc.create_slot(%L, %L); nothing is captured until then (or remove the configuration with sequin_cdc.drop_slot(%L))',
+                             r.slot_name, r.publication, r.slot_name);
         ELSIF r.invalidation_reason = 'idle_timeout' THEN
             status := 'error';
             detail := format('the slot was invalidated (invalidation_reason = idle_timeout): it stayed unused longer than idle_replication_slot_timeout = %s and changes were lost; raise idle_replication_slot_timeout (0 turns it off) in postgresql.conf and reload, then drop and create the slot, then backfill',
@@ -196,9 +205,10 @@ BEGIN
     FOR r IN SELECT * FROM sequin_cdc.pg_stat_retention ORDER BY change_table::text LOOP
         check_name := format('retention %s', r.change_table);
         IF r.job_state = 'missing' THEN
+            -- (or a job of the database this one was restored from)
             status := 'error';
-            detail := format('pg_cron job %s is gone: old changes are not removed; run sequin_cdc.set_retention_policy(%L, %L) again',
-                             r.jobid, r.change_table::text, r.keep::text);
+            detail := format('pg_cron job %s is not a job of this database (dropped, or this database was restored from a dump): old changes are not removed; run SELECT sequin_cdc.set_retention_policy(%L, %L, %L); again',
+                             r.jobid, r.change_table::text, r.keep::text, r.schedule);
         ELSIF r.job_state = 'inactive' THEN
             status := 'warning';
             detail := format('pg_cron job %s is inactive; activate it with cron.alter_job(%s, active => true)', r.jobid, r.jobid);
