@@ -1973,7 +1973,7 @@ BEGIN
         IF r.job_state = 'missing' THEN
             -- (or a job of the database this one was restored from)
             status := 'error';
-            detail := format('pg_cron job %s is not a job of this database (dropped, or this database was restored from a dump): old changes are not removed; run SELECT sequin_cdc.set_retention_policy(%L, %L, %L); again',
+            detail := format('pg_cron job %s is gone from this database (unscheduled, or this database was restored from a dump of another): old changes are not removed; run SELECT sequin_cdc.set_retention_policy(%L, %L, %L); again',
                              r.jobid, r.change_table::text, r.keep::text, r.schedule);
         ELSIF r.job_state = 'inactive' THEN
             status := 'warning';

@@ -290,7 +290,7 @@ SKIP:
 	like(
 		$other->safe_psql('cronhome',
 			q{SELECT status || ': ' || detail FROM sequin_cdc.health() WHERE check_name = 'retention public.cc'}),
-		qr/^error: pg_cron job $job is not a job of this database .*set_retention_policy\('public\.cc', '1 day', '\*\/5 \* \* \* \*'\)/,
+		qr/^error: pg_cron job $job is gone from this database .*set_retention_policy\('public\.cc', '1 day', '\*\/5 \* \* \* \*'\)/,
 		'health() says the job is not here and how to schedule it again');
 	$other->safe_psql('cronhome',
 		q{SELECT sequin_cdc.set_retention_policy('public.cc', '1 day', '*/5 * * * *')});
