@@ -19,6 +19,9 @@
 #  - create_slot under the taken name says whose slot it is;
 #    create_slot(..., replaces => 's1') takes the configuration over and
 #    captures (filter applied, ids and seqs after the restored ones);
+#    it refuses a live slot of this database, an unknown configuration, its
+#    own name, a null name, and a role that may not move the rules (its
+#    slot is dropped again, nothing changes);
 #    drop_slot of the restored configuration removes it and leaves the
 #    source's slot; in the second cluster create_slot('s1', ...) takes the
 #    row over directly;
@@ -226,6 +229,35 @@ is( $node->safe_psql('r_plain',
 	'ok,ok,ok', 'health() in the restored database: slot, worker and lag ok');
 is($node->safe_psql('r_plain', q{SELECT string_agg(slot_name, ',') FROM sequin_cdc.pg_stat_capture}),
 	's1_r', 'pg_stat_capture shows the restored database\'s own slot only');
+
+# replaces => refuses what it cannot take over, and leaves nothing behind
+($rc, $o, $e) = $node->psql('r_plain',
+	q{SELECT sequin_cdc.create_slot('s2', 'p1', replaces => 's1_r')});
+like($e, qr/slot "s1_r" is a slot of this database/, 'replaces => refuses a slot of this database');
+($rc, $o, $e) = $node->psql('r_custom_1',
+	q{SELECT sequin_cdc.create_slot('s2', 'p1', replaces => 'nope')});
+like($e, qr/this database has no configuration of slot "nope"/,
+	'replaces => refuses a slot this database has no configuration of');
+($rc, $o, $e) = $node->psql('r_custom_1',
+	q{SELECT sequin_cdc.create_slot('s1', 'p1', replaces => 's1')});
+like($e, qr/a slot cannot replace itself/, 'replaces => refuses its own name');
+($rc, $o, $e) = $node->psql('r_custom_1', q{SELECT sequin_cdc.create_slot(NULL, 'p1')});
+like($e, qr/slot, publication and failover must not be null/, 'create_slot refuses a null name');
+# a role with REPLICATION that does not own the change tables the rules
+# write into cannot take them over: the slot it made is dropped again
+$node->safe_psql('r_custom_1', q{
+	CREATE ROLE repl LOGIN REPLICATION;
+	SELECT sequin_cdc.grant_usage('repl');
+});
+($rc, $o, $e) = $node->psql('r_custom_1', q{SET ROLE repl;
+	SELECT sequin_cdc.create_slot('s_bad', 'p1', replaces => 's1');});
+isnt($rc, 0, 'replaces => as a role that does not own the rules\' change tables fails');
+like($e, qr/does not own/, 'it says which rule it may not move');
+is( $node->safe_psql('r_custom_1', q{
+		SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_bad') || ' '
+		    || (SELECT string_agg(slot_name, ',') FROM sequin_cdc.slots) || ' '
+		    || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.change_retention)}),
+	'0 s1 s1', 'no slot left behind, the configuration unchanged');
 
 # drop_slot of a restored configuration removes the configuration only
 ($rc, $o, $e) = $node->psql('r_custom', q{SELECT sequin_cdc.drop_slot('s1')});
