@@ -45,6 +45,7 @@
 #include "catalog.h"
 #include "compat.h"
 #include "filter.h"
+#include "parked.h"
 #include "plugin_relcache.h"
 #include "row_json.h"
 
@@ -515,17 +516,41 @@ relcache_filter_accepts(RelEntry *e, RetentionRule *rule, Datum *values,
 	return !isnull && DatumGetBool(res);
 }
 
+/* A filter evaluation run by sequin_cdc_try */
+typedef struct RelcacheFilterCall
+{
+	RelEntry   *e;
+	RetentionRule *rule;
+	Datum	   *values;
+	bool	   *nulls;
+	bool		accepts;
+} RelcacheFilterCall;
+
+/* SequinTryStep: evaluate one rule's filter. */
+static void
+relcache_filter_step(void *arg)
+{
+	RelcacheFilterCall *call = arg;
+
+	call->accepts = relcache_filter_accepts(call->e, call->rule, call->values,
+											call->nulls);
+}
+
 /*
  * Which of e's rules take a row: those whose actions include action (a
  * RULE_ACT_* bit), that write change_table if it is valid, and whose
  * filter accepts the report-shaped row, when use_filters (a filter cannot
  * judge a row the WAL does not hold whole: such a row is kept rather than
- * lost).  Sets accepted[i] for the i-th rule; returns whether any does.
+ * lost).  Sets accepted[i] for the i-th rule.  A filter that raises an
+ * error about the row (100 / a with a = 0) neither takes nor drops it: its
+ * error goes into failed[i], to park the change (parked.c); only filters
+ * are evaluated in a subtransaction, rules without one cost nothing.
+ * Returns whether any rule took the row or failed on it.
  */
 bool
 sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 						   bool use_filters, Datum *values, bool *nulls,
-						   bool *accepted)
+						   bool *accepted, ErrorData **failed)
 {
 	ListCell   *lc;
 	int			i = 0;
@@ -534,11 +559,17 @@ sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 	foreach(lc, e->rules)
 	{
 		RetentionRule *rule = lfirst(lc);
+		RelcacheFilterCall call = {e, rule, values, nulls, true};
 
+		failed[i] = NULL;
 		accepted[i] = (rule->actions & action) &&
-			(!OidIsValid(change_table) || rule->change_table == change_table) &&
-			(!use_filters || relcache_filter_accepts(e, rule, values, nulls));
-		any |= accepted[i];
+			(!OidIsValid(change_table) || rule->change_table == change_table);
+		if (accepted[i] && use_filters && rule->filter != NULL &&
+			!sequin_cdc_try(relcache_filter_step, &call, &failed[i]))
+			accepted[i] = false;
+		else if (accepted[i] && use_filters)
+			accepted[i] = call.accepts;
+		any |= accepted[i] || failed[i] != NULL;
 		i++;
 	}
 	return any;
