@@ -85,6 +85,11 @@ DECLARE
     missing bigint;
     s name;
 BEGIN
+    IF slot IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sequin_cdc.slots sl WHERE sl.slot_name = slot) THEN
+        RAISE EXCEPTION 'slot "%" does not exist', slot
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.';
+    END IF;
     IF ids IS NOT NULL THEN
         SELECT min(i) INTO missing FROM unnest(ids) i
          WHERE i IS NULL

@@ -88,8 +88,9 @@ sequin_cdc_error_is_systemic(int sqlerrcode)
 /*
  * Run step(arg) in a subtransaction.  True when it succeeded; false, with
  * the error in *error (allocated in the caller's memory context), when it
- * raised an error about the change; a systemic error is thrown on.  What
- * the step did is rolled back when it fails.
+ * raised an error about the change; a systemic error is thrown on (as a
+ * PL/pgSQL block without a matching handler does).  What the step did is
+ * rolled back when it fails.
  */
 bool
 sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error)
@@ -113,15 +114,12 @@ sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (sequin_cdc_error_is_systemic(edata->sqlerrcode))
-		{
-			FreeErrorData(edata);
-			PG_RE_THROW();
-		}
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		if (sequin_cdc_error_is_systemic(edata->sqlerrcode))
+			ReThrowError(edata);
 		*error = edata;
 		ok = false;
 	}

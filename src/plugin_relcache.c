@@ -159,6 +159,30 @@ relcache_parse_actions(ArrayType *arr)
 	return mask;
 }
 
+/* A filter to compile, by sequin_cdc_try */
+typedef struct RelcacheFilterBuild
+{
+	RelEntry   *e;
+	RetentionRule *rule;
+	Relation	report_rel;
+	const char *filter;
+} RelcacheFilterBuild;
+
+/* SequinTryStep: parse and compile one rule's filter. */
+static void
+relcache_build_filter_step(void *arg)
+{
+	RelcacheFilterBuild *b = arg;
+	Expr	   *expr = sequin_cdc_parse_filter_unlocked(b->report_rel, b->filter);
+
+	if (b->e->estate == NULL)
+	{
+		b->e->estate = CreateExecutorState();
+		b->e->slot = MakeSingleTupleTableSlot(b->e->report_desc, &TTSOpsVirtual);
+	}
+	b->rule->filter = ExecPrepareExpr(expr, b->e->estate);
+}
+
 /*
  * Parse a rule's filter against the report relation's (historic) columns.
  * A filter that no longer parses (a column it names was dropped) must not
@@ -169,48 +193,22 @@ static void
 relcache_build_filter(RelEntry *e, RetentionRule *rule, Relation report_rel,
 					  const char *filter)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	RelcacheFilterBuild b = {e, rule, report_rel, filter};
+	ErrorData  *edata = NULL;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		Expr	   *expr = sequin_cdc_parse_filter_unlocked(report_rel, filter);
-
-		if (e->estate == NULL)
-		{
-			e->estate = CreateExecutorState();
-			e->slot = MakeSingleTupleTableSlot(e->report_desc, &TTSOpsVirtual);
-		}
-		rule->filter = ExecPrepareExpr(expr, e->estate);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		rule->filter = NULL;
-		rule->filter_broken = true;
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("filter of retention rule %lld on \"%s.%s\" no longer applies: %s",
-						(long long) rule->id, e->schema_name, e->table_name,
-						edata->message),
-				 errdetail("Every change of the table is captured until the rule is replaced."),
-				 errhint("Drop the rule with sequin_cdc.drop_change_retention(%lld) and add it again with a filter that matches the table.",
-						 (long long) rule->id)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	if (sequin_cdc_try(relcache_build_filter_step, &b, &edata))
+		return;
+	rule->filter = NULL;
+	rule->filter_broken = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("filter of retention rule %lld on \"%s.%s\" no longer applies: %s",
+					(long long) rule->id, e->schema_name, e->table_name,
+					edata->message),
+			 errdetail("Every change of the table is captured until the rule is replaced."),
+			 errhint("Drop the rule with sequin_cdc.drop_change_retention(%lld) and add it again with a filter that matches the table.",
+					 (long long) rule->id)));
+	FreeErrorData(edata);
 }
 
 /*

@@ -196,6 +196,12 @@ like($err, qr/do not exist/, 'a non-owner cannot drop');
 is($node->safe_psql('postgres', q{SELECT count(*) || '|' || count(*) FILTER (WHERE retry_requested) FROM sequin_cdc.parked_changes}),
 	'5|0', 'nothing deleted or marked by the non-owner');
 
+# bad input
+($rc, $out, $err) = $node->psql('postgres', "SELECT sequin_cdc.retry_parked_changes('nope')");
+like($err, qr/slot "nope" does not exist/, 'retry of an unknown slot is refused');
+($rc, $out, $err) = $node->psql('postgres', "SELECT sequin_cdc.drop_parked_changes(NULL)");
+like($err, qr/ids must be a non-empty array/, 'drop without ids is refused');
+
 # a render error cannot be retried, only dropped
 my $render_id = $node->safe_psql('postgres',
 	q{SELECT id FROM sequin_cdc.parked_changes WHERE stage = 'render'});
