@@ -296,6 +296,8 @@ typedef struct PluginRender
 	bool	   *old_nulls;
 	Jsonb	   *record;			/* out */
 	Jsonb	   *changes;		/* out */
+	Size		size;			/* the values' size, as far as summed */
+	bool		too_large;		/* their size alone passes jsonb's limit */
 } PluginRender;
 
 /* Are two values of one column the same bytes (TOAST and packing aside)? */
@@ -316,7 +318,8 @@ plugin_values_equal(Datum a, Datum b, int16 typlen, bool typbyval)
 /*
  * SequinTryStep: render record the way to_jsonb(row) shows it and, for an
  * update with the whole old row, changes: the old values of the columns
- * whose value changed.
+ * whose value changed.  A row whose values alone pass jsonb's limit is not
+ * even tried.
  */
 static void
 plugin_render_step(void *arg)
@@ -325,6 +328,11 @@ plugin_render_step(void *arg)
 	RelEntry   *e = r->e;
 	int			natts = e->report_desc->natts;
 
+	if (r->too_large)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("row is too large for a jsonb record: its values take %zu bytes, more than the maximum of %d bytes",
+						r->size, (int) JENTRY_OFFLENMASK)));
 	r->record = sequin_cdc_row_encoder_object(e->enc, r->values, r->nulls, r->include);
 	r->changes = NULL;
 	if (r->old_values)
@@ -366,12 +374,22 @@ static void
 plugin_render(PluginRender *r, PluginParking *parking)
 {
 	ErrorData  *ignored = NULL;
+	Size		old_size = 0;
+	RowRenderRisk risk = sequin_cdc_row_encoder_risk(r->e->enc, r->values, r->nulls,
+													 &r->size);
 
+	if (r->old_values)
+	{
+		RowRenderRisk old_risk = sequin_cdc_row_encoder_risk(r->e->enc, r->old_values,
+															 r->old_nulls, &old_size);
+
+		risk = Max(risk, old_risk);
+		r->size = Max(r->size, old_size);
+	}
+	r->too_large = risk == RENDER_TOO_LARGE;
 	parking->render_error = NULL;
 	parking->columns = NULL;
-	if (!sequin_cdc_row_encoder_may_fail(r->e->enc, r->values, r->nulls) &&
-		(r->old_values == NULL ||
-		 !sequin_cdc_row_encoder_may_fail(r->e->enc, r->old_values, r->old_nulls)))
+	if (risk == RENDER_SAFE)
 	{
 		plugin_render_step(r);
 		return;

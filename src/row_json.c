@@ -286,16 +286,20 @@ sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 }
 
 /*
- * May rendering this row fail?  When a column's value goes through code
- * that is not built in (a user type's output function or cast to json, a
- * composite or an array of one), or the row is large enough to come near
- * jsonb's 256 MB limit.  The decoder renders such rows in a
+ * May rendering this row fail?  RENDER_GUARDED when a column's value goes
+ * through code that is not built in (a user type's output function or
+ * cast to json, a composite or an array of one), or the row is large
+ * enough to come near jsonb's 256 MB limit; RENDER_TOO_LARGE when its
+ * values alone pass that limit (a jsonb record would be larger still: do
+ * not try); else RENDER_SAFE.  The decoder renders guarded rows in a
  * subtransaction, so that an error parks the change (parked.c); the
- * others, nearly all, are rendered without that cost.
+ * others, nearly all, are rendered without that cost.  *size gets the
+ * values' size as far as it was summed.
  */
-bool
-sequin_cdc_row_encoder_may_fail(RowEncoder *enc, Datum *values, bool *nulls)
+RowRenderRisk
+sequin_cdc_row_encoder_risk(RowEncoder *enc, Datum *values, bool *nulls, Size *size)
 {
+	RowRenderRisk risk = RENDER_SAFE;
 	Size		total = 0;
 
 	for (int i = 0; i < enc->natts; i++)
@@ -306,22 +310,24 @@ sequin_cdc_row_encoder_may_fail(RowEncoder *enc, Datum *values, bool *nulls)
 			continue;
 		if ((col->kind == COLUMN_TO_JSONB || col->kind == COLUMN_OTHER) &&
 			col->base_type >= FirstNormalObjectId)
-			return true;
+			risk = RENDER_GUARDED;
 		if (col->typlen == -1)
 			total += toast_raw_datum_size(values[i]);
 		else
 			total += 32;
 		if (total > SEQUIN_CDC_RENDER_GUARD_BYTES)
-			return true;
+			risk = RENDER_GUARDED;
 	}
-	return false;
+	*size = total;
+	return total > JENTRY_OFFLENMASK ? RENDER_TOO_LARGE : risk;
 }
 
 /*
  * For a row that cannot be rendered as jsonb: each column's text (the
  * type's output), cut to maxlen bytes with "..." when longer, as a jsonb
  * object (include as for sequin_cdc_row_encoder_object).  Text values
- * are sliced before they are detoasted, so a huge value costs maxlen.
+ * are sliced before they are detoasted, so a huge value costs maxlen; a
+ * huge value of another type is only measured.
  */
 Jsonb *
 sequin_cdc_row_encoder_texts(RowEncoder *enc, Datum *values, bool *nulls,
@@ -353,6 +359,9 @@ sequin_cdc_row_encoder_texts(RowEncoder *enc, Datum *values, bool *nulls,
 
 			s = text_to_cstring(t);
 		}
+		else if (col->typlen == -1 &&
+				 toast_raw_datum_size(values[i]) > SEQUIN_CDC_RENDER_GUARD_BYTES)
+			s = psprintf("(%zu bytes, not shown)", toast_raw_datum_size(values[i]));
 		else
 			s = OutputFunctionCall(&col->out, values[i]);
 		len = strlen(s);

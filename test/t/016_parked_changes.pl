@@ -6,7 +6,8 @@
 # sequin_cdc.parked_changes, in the transaction that skips it, and capture
 # goes on.  On one slot, between rows of a healthy table:
 #   (a) a retention filter that raises (100 / a with a = 0),
-#   (b) a row whose jsonb would pass 256 MB (three 90 MB text columns),
+#   (b) a row whose jsonb would pass 256 MB (three 90 MB text columns), and
+#       at the end one whose cast to json raises,
 #   (c) a change table whose CHECK rejects the row,
 #   (d) a change table with a NOT NULL DEFAULT column the writer does not
 #       fill (it gets its default; nothing is parked).
@@ -119,7 +120,7 @@ like( $node->safe_psql('postgres', q{
 	qr/violates check constraint "no_666"/, '(c) the constraint\'s error is kept');
 like( $node->safe_psql('postgres', q{
 		SELECT error FROM sequin_cdc.parked_changes WHERE stage = 'render'}),
-	qr/exceeds the maximum/, '(b) the size error is kept');
+	qr/more than the maximum of 268435455 bytes/, '(b) the size error is kept');
 is( $node->safe_psql('postgres', q{
 		SELECT record = '{"id": 1, "a": 0}' AND changes IS NULL AND record_columns IS NULL
 		  FROM sequin_cdc.parked_changes WHERE stage = 'filter'}),
@@ -264,6 +265,33 @@ is( $node->safe_psql('postgres', q{
 		SELECT string_agg(record_pk, ',' ORDER BY seq) FROM sequin_cdc.changes
 		 WHERE source_table_name IN ('good', 'poison') AND seq > (SELECT max(seq) - 2 FROM sequin_cdc.changes)}),
 	'8,4', 'new changes flow, the fixed filter takes a = 0');
+
+# a render error that is not about size: a cast to json that raises
+$node->safe_psql('postgres', q{
+	CREATE TYPE mood AS ENUM ('ok', 'bad');
+	-- (SQL, not PL/pgSQL: decoding has no snapshot for PL/pgSQL to run SQL)
+	CREATE FUNCTION mood_json(m mood) RETURNS json LANGUAGE sql VOLATILE AS $$
+		SELECT CASE WHEN m = 'bad' THEN (1 / (m = 'ok')::int)::text::json
+		            ELSE to_json(m::text) END
+	$$;
+	CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood);
+	CREATE TABLE moody (id bigint PRIMARY KEY, m mood);
+	ALTER TABLE moody REPLICA IDENTITY FULL;
+	ALTER PUBLICATION pk_pub ADD TABLE moody;
+});
+$node->safe_psql('postgres', q{SELECT sequin_cdc.add_change_retention('moody', slot => 'pk')});
+$node->safe_psql('postgres', q{INSERT INTO moody VALUES (1, 'bad')});
+$node->safe_psql('postgres', q{INSERT INTO moody VALUES (2, 'ok')});
+ok(SequinNode::wait_for_capture($node), 'caught up past the failing cast');
+is( $node->safe_psql('postgres', q{
+		SELECT format('%s|%s|%s|%s|%s', stage, record_pk, sqlstate, error, record_columns)
+		  FROM sequin_cdc.parked_changes}),
+	'render|1|22012|division by zero|{"m": "bad", "id": "1"}',
+	'a cast that raises parks the change, with each column\'s text');
+is( $node->safe_psql('postgres', q{
+		SELECT string_agg(record::text, ',' ORDER BY seq) FROM sequin_cdc.changes
+		 WHERE source_table_name = 'moody'}),
+	'{"m": "ok", "id": 2}', 'the next row of the table is captured');
 
 $node->stop;
 done_testing();
