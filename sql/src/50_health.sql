@@ -258,7 +258,7 @@ RETURNS TABLE (check_name text, status text, detail text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT 'parked changes of slot ' || p.slot_name, 'warning',
+    SELECT 'parked changes ' || p.slot_name, 'warning',
            format('%s change(s) could not be filtered, rendered or written and are parked since %s (e.g. %s of %I.%I: %s); see sequin_cdc.parked_changes, fix the cause, then run SELECT sequin_cdc.retry_parked_changes(%L); or give them up with sequin_cdc.drop_parked_changes(ids)',
                   count(*), min(p.parked_at),
                   (array_agg(p.stage ORDER BY p.id))[1],

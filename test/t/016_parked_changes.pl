@@ -143,7 +143,7 @@ is($node->safe_psql('postgres', q{SELECT parked FROM sequin_cdc.pg_stat_capture 
 	'3', 'pg_stat_capture counts the parked changes');
 like( $node->safe_psql('postgres', q{
 		SELECT status || ': ' || detail FROM sequin_cdc.health()
-		 WHERE check_name = 'parked changes of slot pk'}),
+		 WHERE check_name = 'parked changes pk'}),
 	qr/^warning: 3 change\(s\).*retry_parked_changes\('pk'\)/, 'health() warns and names the retry');
 
 # the log: one line per parked change, never the row
