@@ -10,6 +10,7 @@ OBJS = \
 	src/plugin_relcache.o \
 	src/backfill_window.o \
 	src/row_json.o \
+	src/parked.o \
 	src/change_buffer.o \
 	src/change_writer.o \
 	src/filter.o \

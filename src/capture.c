@@ -69,6 +69,7 @@
 #include "change_writer.h"
 #include "compat.h"
 #include "output_plugin.h"
+#include "parked.h"
 #include "sequin_cdc.h"
 #include "sink_api.h"
 
@@ -287,6 +288,7 @@ sequin_cdc_capture_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 	switch (rec.kind)
 	{
 		case PLUGIN_RECORD_ROW:
+		case PLUGIN_RECORD_PARK:
 			if (b->buffer->nrows == 0)
 				b->first_row_time = GetCurrentTimestamp();
 			sequin_cdc_buffer_append(b->buffer, rec.row);
@@ -374,24 +376,75 @@ decode_batch(LogicalDecodingContext *ctx, CaptureBatch *b, XLogRecPtr upto)
 	set_decoding_flag(false);
 }
 
+/* SequinTryStep: write the whole batch at full speed (write_rows). */
+static void
+write_rows_fast(void *arg)
+{
+	void	  **args = arg;
+	CaptureConfig *cfg = args[0];
+	CaptureBatch *b = args[1];
+	uint64	   *rows = args[2];
+	ChangeWriter *w = sequin_cdc_change_writer_begin(&cfg->database_id, cfg->slot_name);
+
+	sequin_cdc_buffer_replay(b->buffer, sequin_cdc_change_writer_put, w);
+	*rows = sequin_cdc_change_writer_end(w);
+}
+
+/*
+ * Write the buffered rows, in the write transaction.  The batch is
+ * written at full speed in one subtransaction; if a row is rejected (or a
+ * decoded change must be parked and that fails), the subtransaction is
+ * rolled back and the batch written again row by row, each rejected row
+ * parked (change_writer.c).  A systemic error stops the worker as before.
+ * Returns the number of change rows written.
+ */
+static uint64
+write_rows(CaptureConfig *cfg, CaptureBatch *b)
+{
+	uint64		rows = 0;
+	void	   *args[3] = {cfg, b, &rows};
+	ErrorData  *error = NULL;
+	ChangeWriterAlone alone = {.database_id = &cfg->database_id,
+	.slot_name = cfg->slot_name};
+
+	if (b->buffer->nrows == 0 || sequin_cdc_try(write_rows_fast, args, &error))
+		return rows;
+	FreeErrorData(error);
+	sequin_cdc_buffer_replay(b->buffer, sequin_cdc_change_writer_put_alone, &alone);
+	return alone.rows;
+}
+
+/* Has retry_parked_changes() asked this worker to retry (and forget it)? */
+static bool
+take_retry_request(void)
+{
+	bool		r;
+
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	r = my_entry->retry_parked;
+	my_entry->retry_parked = false;
+	LWLockRelease(sequin_cdc_shared->lock);
+	return r;
+}
+
 /*
  * Write the buffered rows and the origin progress in one transaction, and
  * make sure that commit is on disk before anyone confirms the slot; then
- * start a new batch.
+ * start a new batch.  Parked changes whose retry was asked are written in
+ * the same transaction, after the batch (retry: see parked.c).
  */
 static void
-write_batch(CaptureConfig *cfg, CaptureBatch *b)
+write_batch(CaptureConfig *cfg, CaptureBatch *b, bool retry)
 {
-	ChangeWriter *w;
 	uint64		rows;
 
 	pgstat_report_activity(STATE_RUNNING, "writing change rows");
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	w = sequin_cdc_change_writer_begin(&cfg->database_id);
-	sequin_cdc_buffer_replay(b->buffer, sequin_cdc_change_writer_put, w);
-	rows = sequin_cdc_change_writer_end(w);
+	rows = write_rows(cfg, b);
+	if (retry)
+		rows += sequin_cdc_parked_retry(cfg->slot_name, &cfg->database_id);
 	PopActiveSnapshot();
 
 	sequin_cdc_xact_origin_lsn = b->last_commit_end;
@@ -525,6 +578,7 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	ReplOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
+	bool		retry = true;	/* requests may predate this worker */
 
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
@@ -617,12 +671,14 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 		}
 		caught_up = ctx->reader->EndRecPtr >= flush;
 
-		/* write */
-		if (batch_due(b, GetCurrentTimestamp(), false, &wait_ms))
+		/* write; parked changes are retried when asked (or at start) */
+		retry = take_retry_request() || retry;
+		if (batch_due(b, GetCurrentTimestamp(), false, &wait_ms) || retry)
 		{
 			InvalidateSystemCaches();
 			caches_historic = false;
-			write_batch(cfg, b);
+			write_batch(cfg, b, retry);
+			retry = false;
 		}
 
 		/* confirm */

@@ -79,4 +79,60 @@
 #define Anum_change_retention_filter		5
 #define Anum_change_retention_slot_name		6
 
+/* ------------------------------------------------------------------------
+ * parked_changes: changes that could not be filtered, rendered or written
+ * (parked.c writes and retries them)
+ * ------------------------------------------------------------------------
+ */
+#define SEQUIN_CDC_PARKED_TABLE		"parked_changes"
+#define SEQUIN_CDC_PARKED_QUALIFIED	"sequin_cdc.parked_changes"
+
+#define SEQUIN_CDC_PARK_INSERT \
+	"INSERT INTO " SEQUIN_CDC_PARKED_QUALIFIED " (slot_name, rule_id, " \
+	"source_table_oid, source_table_schema, source_table_name, change_table, " \
+	"record_pk, action, commit_lsn, xid, committed_at, stage, sqlstate, error, " \
+	"record, changes, record_columns, transaction_annotations) " \
+	"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, " \
+	"$15, $16, $17, $18)"
+#define SEQUIN_CDC_PARK_NARGS		18
+
+/* The parked changes of a slot ($1) whose retry was asked, oldest first */
+#define SEQUIN_CDC_PARK_RETRY_QUERY \
+	"SELECT id, stage, rule_id, source_table_oid, source_table_schema, " \
+	"source_table_name, change_table::oid, record_pk, action, commit_lsn, " \
+	"committed_at, record, changes, transaction_annotations FROM " \
+	SEQUIN_CDC_PARKED_QUALIFIED " WHERE slot_name = $1 AND retry_requested " \
+	"ORDER BY id"
+#define Anum_park_retry_id				1
+#define Anum_park_retry_stage			2
+#define Anum_park_retry_rule_id			3
+#define Anum_park_retry_source_oid		4
+#define Anum_park_retry_schema			5
+#define Anum_park_retry_table			6
+#define Anum_park_retry_change_table	7
+#define Anum_park_retry_record_pk		8
+#define Anum_park_retry_action			9
+#define Anum_park_retry_commit_lsn		10
+#define Anum_park_retry_committed_at	11
+#define Anum_park_retry_record			12
+#define Anum_park_retry_changes			13
+#define Anum_park_retry_annotations		14
+
+/* A retried change written, or no longer wanted ($1: its id) */
+#define SEQUIN_CDC_PARK_DELETE \
+	"DELETE FROM " SEQUIN_CDC_PARKED_QUALIFIED " WHERE id = $1"
+/* A retry that failed again ($1: id, $2: sqlstate, $3: error) */
+#define SEQUIN_CDC_PARK_RETRY_FAILED \
+	"UPDATE " SEQUIN_CDC_PARKED_QUALIFIED " SET retry_requested = false, " \
+	"retries = retries + 1, last_retry_at = now(), sqlstate = $2, error = $3 " \
+	"WHERE id = $1"
+/*
+ * The current filter of the rule from a source table ($1) to a change table
+ * ($2): the rule a parked change was kept for, or the one that replaced it
+ */
+#define SEQUIN_CDC_RULE_FILTER_QUERY \
+	"SELECT filter FROM sequin_cdc.change_retention " \
+	"WHERE source_table::oid = $1 AND change_table::oid = $2"
+#define Anum_rule_filter				1
+
 #endif							/* SEQUIN_CDC_CATALOG_H */

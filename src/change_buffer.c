@@ -38,6 +38,13 @@ typedef struct RecordHeader
 	int32		annotations_len;	/* -1 = NULL */
 	TimestampTz committed_at;
 	XLogRecPtr	commit_lsn;
+	/* a parked change's (see BufferedChange) */
+	char		park_stage;
+	int64		rule_id;
+	TransactionId xid;
+	int32		sqlerrcode;
+	int32		error_len;
+	int32		columns_len;	/* -1 = NULL */
 } RecordHeader;
 
 /* A buffer under parent that spills beyond mem_limit bytes of rows. */
@@ -100,15 +107,22 @@ sequin_cdc_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
 	h.schema_len = c->schema_len;
 	h.table_len = c->table_len;
 	h.pk_len = c->pk_len;
-	h.record_len = VARSIZE(c->record);
+	h.record_len = c->record ? (int32) VARSIZE(c->record) : -1;
 	h.changes_len = c->changes ? (int32) VARSIZE(c->changes) : -1;
 	h.annotations_len = c->annotations ? (int32) VARSIZE(c->annotations) : -1;
 	h.committed_at = c->committed_at;
 	h.commit_lsn = c->commit_lsn;
+	h.park_stage = c->park_stage;
+	h.rule_id = c->rule_id;
+	h.xid = c->xid;
+	h.sqlerrcode = c->sqlerrcode;
+	h.error_len = c->park_stage ? c->error_len : 0;
+	h.columns_len = c->columns ? (int32) VARSIZE(c->columns) : -1;
 	h.total_len = MAXALIGN(sizeof(RecordHeader)) +
 		sequin_cdc_padded_size(h.schema_len) + sequin_cdc_padded_size(h.table_len) +
 		sequin_cdc_padded_size(h.pk_len) + sequin_cdc_padded_size(h.record_len) +
-		sequin_cdc_padded_size(h.changes_len) + sequin_cdc_padded_size(h.annotations_len);
+		sequin_cdc_padded_size(h.changes_len) + sequin_cdc_padded_size(h.annotations_len) +
+		sequin_cdc_padded_size(h.error_len) + sequin_cdc_padded_size(h.columns_len);
 
 	if (s->len > 0 && (Size) s->len + h.total_len > buf->mem_limit)
 		spill(buf);
@@ -118,11 +132,16 @@ sequin_cdc_buffer_append(ChangeBuffer *buf, const BufferedChange *c)
 	sequin_cdc_append_padded(s, c->schema_name, c->schema_len);
 	sequin_cdc_append_padded(s, c->table_name, c->table_len);
 	sequin_cdc_append_padded(s, c->record_pk, c->pk_len);
-	sequin_cdc_append_padded(s, c->record, h.record_len);
+	if (c->record)
+		sequin_cdc_append_padded(s, c->record, h.record_len);
 	if (c->changes)
 		sequin_cdc_append_padded(s, c->changes, h.changes_len);
 	if (c->annotations)
 		sequin_cdc_append_padded(s, c->annotations, h.annotations_len);
+	if (h.error_len > 0)
+		sequin_cdc_append_padded(s, c->error, h.error_len);
+	if (c->columns)
+		sequin_cdc_append_padded(s, c->columns, h.columns_len);
 	Assert(s->len - start == (int) h.total_len);
 	(void) start;
 	buf->nrows++;
@@ -151,11 +170,20 @@ unpack(const char *p, BufferedChange *c)
 	c->record_pk = q;
 	c->pk_len = h.pk_len;
 	q += sequin_cdc_padded_size(h.pk_len);
-	c->record = (Jsonb *) q;
+	c->record = h.record_len >= 0 ? (Jsonb *) q : NULL;
 	q += sequin_cdc_padded_size(h.record_len);
 	c->changes = h.changes_len >= 0 ? (Jsonb *) q : NULL;
 	q += sequin_cdc_padded_size(h.changes_len);
 	c->annotations = h.annotations_len >= 0 ? (Jsonb *) q : NULL;
+	q += sequin_cdc_padded_size(h.annotations_len);
+	c->park_stage = h.park_stage;
+	c->rule_id = h.rule_id;
+	c->xid = h.xid;
+	c->sqlerrcode = h.sqlerrcode;
+	c->error = q;
+	c->error_len = h.error_len;
+	q += sequin_cdc_padded_size(h.error_len);
+	c->columns = h.columns_len >= 0 ? (Jsonb *) q : NULL;
 }
 
 /* Hand every row to cb, oldest first: the spill file, then memory. */

@@ -34,9 +34,18 @@ typedef struct BufferedChange
 	int			table_len;
 	const char *record_pk;
 	int			pk_len;
-	Jsonb	   *record;
+	Jsonb	   *record;			/* NULL: a parked row that could not be
+								 * rendered */
 	Jsonb	   *changes;		/* NULL when none */
 	Jsonb	   *annotations;	/* NULL when none */
+	/* a parked change (parked.h): park_stage is not PARK_NONE */
+	char		park_stage;
+	int64		rule_id;		/* the retention rule it was kept for */
+	TransactionId xid;			/* the source transaction */
+	int			sqlerrcode;
+	const char *error;			/* the error's message */
+	int			error_len;
+	Jsonb	   *columns;		/* NULL, or each column's text, cut short */
 } BufferedChange;
 
 /*

@@ -20,8 +20,17 @@
  * SECURITY_RESTRICTED_OPERATION (run_as.c), as PostgreSQL 16's apply
  * worker does with run_as_owner = false; the owner must hold INSERT on
  * its own table and the table must not enforce row level security on it,
- * as with the apply worker.  Column defaults are never evaluated: the
- * writer fills the columns it knows and leaves any other column NULL.
+ * as with the apply worker.  A column the writer does not fill gets its
+ * default, evaluated as the owner too (the apply worker's
+ * slot_fill_defaults), or NULL when it has none.
+ *
+ * A change its table rejects (a constraint, a trigger's error) must not
+ * stop the slot: the capture worker writes a batch with
+ * sequin_cdc_change_writer_put at full speed in a subtransaction, and when
+ * that fails, writes it again row by row with
+ * sequin_cdc_change_writer_put_alone, each row in a subtransaction of its
+ * own, parking the ones that fail (parked.c).  Parked records from the
+ * decoder (a filter or render error) are parked in stream order.
  *
  *-------------------------------------------------------------------------
  */
@@ -38,7 +47,9 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
 #include "parser/parsetree.h"
+#include "rewrite/rewriteHandler.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -51,6 +62,7 @@
 
 #include "change_writer.h"
 #include "compat.h"
+#include "parked.h"
 #include "run_as.h"
 #include "sequin_cdc.h"
 
@@ -89,6 +101,9 @@ typedef struct WriteTarget
 	TupleTableSlot *slot;
 	Oid			seqoid;
 	AttrNumber	col[NCOLS];		/* 0 = table has no such column */
+	int			ndefaults;		/* other columns with a default */
+	AttrNumber *default_col;
+	ExprState **default_expr;
 } WriteTarget;
 
 struct ChangeWriter
@@ -99,6 +114,7 @@ struct ChangeWriter
 	Oid			run_owner;		/* owner of the run; InvalidOid: none */
 	HTAB	   *targets;
 	pg_uuid_t	database_id;
+	const char *slot_name;		/* for parked changes */
 	TimestampTz now;
 	WrittenRow *written;		/* rows inserted, in order */
 	uint64		nwritten;
@@ -110,7 +126,7 @@ struct ChangeWriter
  * must stay open until sequin_cdc_change_writer_end.
  */
 ChangeWriter *
-sequin_cdc_change_writer_begin(const pg_uuid_t *database_id)
+sequin_cdc_change_writer_begin(const pg_uuid_t *database_id, const char *slot_name)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
 											  "sequin_cdc change writer",
@@ -122,6 +138,7 @@ sequin_cdc_change_writer_begin(const pg_uuid_t *database_id)
 	w->row_cxt = AllocSetContextCreate(cxt, "sequin_cdc change row",
 									   ALLOCSET_DEFAULT_SIZES);
 	w->database_id = *database_id;
+	w->slot_name = MemoryContextStrdup(cxt, slot_name);
 	w->now = GetCurrentTransactionStartTimestamp();
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = sizeof(Oid);
@@ -207,6 +224,40 @@ check_owner_may_insert(WriteTarget *t)
 }
 
 /*
+ * The columns the writer does not fill that have a default (or are
+ * identity columns), with their default expressions ready to run, as the
+ * apply worker's slot_fill_defaults prepares them.  Generated columns are
+ * the insert's to compute.
+ */
+static void
+open_target_defaults(WriteTarget *t, TupleDesc desc)
+{
+	t->ndefaults = 0;
+	t->default_col = palloc(sizeof(AttrNumber) * Max(desc->natts, 1));
+	t->default_expr = palloc(sizeof(ExprState *) * Max(desc->natts, 1));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		ours = false;
+		Expr	   *expr;
+
+		if (att->attisdropped || att->attgenerated)
+			continue;
+		for (int c = 0; c < NCOLS && !ours; c++)
+			ours = t->col[c] == att->attnum;
+		if (ours)
+			continue;
+		expr = (Expr *) build_column_default(t->rel, att->attnum);
+		if (expr == NULL)
+			continue;
+		expr = expression_planner(expr);
+		t->default_col[t->ndefaults] = att->attnum;
+		t->default_expr[t->ndefaults] = ExecInitExpr(expr, NULL);
+		t->ndefaults++;
+	}
+}
+
+/*
  * Open change table t->relid for inserts, once per batch: the executor
  * state for the insert path and partition routing, its id sequence and
  * which change-row columns it has.  A dropped table is marked missing.
@@ -244,6 +295,7 @@ open_target(ChangeWriter *w, WriteTarget *t)
 				t->col[c] = att->attnum;
 		}
 	}
+	open_target_defaults(t, desc);
 	seqs = getOwnedSequences(t->relid);
 	t->seqoid = seqs ? linitial_oid(seqs) : InvalidOid;
 	if (!OidIsValid(t->seqoid) || t->col[COL_SEQ] == 0 || t->col[COL_RECORD] == 0)
@@ -278,8 +330,8 @@ open_target(ChangeWriter *w, WriteTarget *t)
 }
 
 /* The action column's text for a buffered action code. */
-static const char *
-action_name(char action)
+const char *
+sequin_cdc_action_name(char action)
 {
 	switch (action)
 	{
@@ -296,6 +348,21 @@ action_name(char action)
 	}
 	elog(ERROR, "unknown change action '%c'", action);
 	return NULL;
+}
+
+/* The buffered action code for an action column's text. */
+char
+sequin_cdc_action_code(const char *name)
+{
+	static const char codes[] = "iudtr";
+
+	for (int i = 0; codes[i]; i++)
+	{
+		if (strcmp(name, sequin_cdc_action_name(codes[i])) == 0)
+			return codes[i];
+	}
+	elog(ERROR, "unknown change action \"%s\"", name);
+	return '\0';
 }
 
 /* Set change-row column c in the target's slot, if the table has it. */
@@ -320,6 +387,13 @@ sequin_cdc_change_writer_put(BufferedChange *c, void *arg)
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
 	SequinUserContext ucxt;
+
+	if (c->park_stage != PARK_NONE)
+	{
+		/* the decoder could not filter or render it */
+		sequin_cdc_park_decoded(w->slot_name, c);
+		return;
+	}
 
 	t = hash_search(w->targets, &c->change_table, HASH_ENTER, &found);
 	if (!found)
@@ -350,17 +424,26 @@ sequin_cdc_change_writer_put(BufferedChange *c, void *arg)
 	set_col(t, COL_PK, PointerGetDatum(cstring_to_text_with_len(c->record_pk, c->pk_len)), false);
 	set_col(t, COL_RECORD, JsonbPGetDatum(c->record), false);
 	set_col(t, COL_CHANGES, JsonbPGetDatum(c->changes), c->changes == NULL);
-	set_col(t, COL_ACTION, CStringGetTextDatum(action_name(c->action)), false);
+	set_col(t, COL_ACTION, CStringGetTextDatum(sequin_cdc_action_name(c->action)), false);
 	set_col(t, COL_ANNOTATIONS, JsonbPGetDatum(c->annotations), c->annotations == NULL);
 	set_col(t, COL_COMMITTED, TimestampTzGetDatum(c->committed_at), false);
 	set_col(t, COL_INSERTED, TimestampTzGetDatum(w->now), false);
-	ExecStoreVirtualTuple(t->slot);
 
 	/*
-	 * Partition routing (key expressions), BEFORE triggers, generated
-	 * columns, constraints and index expressions run here: as the owner.
+	 * Defaults of the other columns, partition routing (key expressions),
+	 * BEFORE triggers, generated columns, constraints and index
+	 * expressions run here: as the owner.
 	 */
 	sequin_cdc_switch_to_user(t->owner, &ucxt);
+	for (int d = 0; d < t->ndefaults; d++)
+	{
+		int			i = t->default_col[d] - 1;
+
+		t->slot->tts_values[i] = ExecEvalExpr(t->default_expr[d],
+											  GetPerTupleExprContext(t->estate),
+											  &t->slot->tts_isnull[i]);
+	}
+	ExecStoreVirtualTuple(t->slot);
 	rri = t->rri;
 	slot = t->slot;
 	if (t->proute)
@@ -482,4 +565,44 @@ sequin_cdc_change_writer_end(ChangeWriter *w)
 	}
 	MemoryContextDelete(w->cxt);
 	return rows;
+}
+
+/* SequinTryStep: write one change row with a writer of its own. */
+static void
+put_alone_step(void *arg)
+{
+	void	  **args = arg;
+	ChangeWriterAlone *alone = args[0];
+	BufferedChange *c = args[1];
+	ChangeWriter *w = sequin_cdc_change_writer_begin(alone->database_id,
+													 alone->slot_name);
+
+	sequin_cdc_change_writer_put(c, w);
+	alone->rows += sequin_cdc_change_writer_end(w);
+}
+
+/*
+ * ChangeBufferCallback for a batch that failed as a whole: write one row
+ * in a subtransaction of its own (its AFTER triggers and the visibility
+ * check included), and park it when its change table rejects it.  Slow,
+ * and only used after a failure.
+ */
+void
+sequin_cdc_change_writer_put_alone(BufferedChange *c, void *arg)
+{
+	ChangeWriterAlone *alone = arg;
+	ErrorData  *error = NULL;
+	void	   *args[2] = {alone, c};
+
+	if (c->park_stage != PARK_NONE)
+	{
+		/* the decoder could not filter or render it */
+		sequin_cdc_park_decoded(alone->slot_name, c);
+		return;
+	}
+	if (!sequin_cdc_try(put_alone_step, args, &error))
+	{
+		sequin_cdc_park_error(alone->slot_name, c, PARK_WRITE, error);
+		FreeErrorData(error);
+	}
 }

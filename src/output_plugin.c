@@ -42,6 +42,7 @@
 #include "change_buffer.h"
 #include "compat.h"
 #include "output_plugin.h"
+#include "parked.h"
 #include "plugin_relcache.h"
 #include "row_json.h"
 #include "sequin_cdc.h"
@@ -197,6 +198,108 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	st->relname = NULL;
 }
 
+/* Why a change is parked rather than written, for plugin_emit_rows */
+typedef struct PluginParking
+{
+	ErrorData **failed;			/* per rule: its filter's error, or NULL */
+	ErrorData  *render_error;	/* the row could not be rendered */
+	Jsonb	   *columns;		/* then: each column's text, or NULL */
+} PluginParking;
+
+/* Fill the parking fields of c: stage and error. */
+static void
+plugin_set_park(BufferedChange *c, char stage, const ErrorData *error)
+{
+	c->park_stage = stage;
+	c->sqlerrcode = error->sqlerrcode;
+	c->error = error->message ? error->message : "unknown error";
+	c->error_len = strlen(c->error);
+}
+
+/*
+ * Hand over one change row per rule of e that accepted it (accepted NULL:
+ * every rule), unless the transaction was written before.  With parking
+ * given, a rule whose filter failed, or every accepting rule when the row
+ * could not be rendered, gets a parked change instead (PLUGIN_RECORD_PARK).
+ */
+static void
+plugin_emit_rows(LogicalDecodingContext *ctx, PluginState *st, RelEntry *e,
+				 ReorderBufferTXN *txn, char action, const bool *accepted,
+				 const char *pk, int pk_len, Jsonb *record, Jsonb *changes,
+				 const PluginParking *parking)
+{
+	BufferedChange c;
+	PluginRecord rec = {.row = &c};
+	ListCell   *lc;
+	int			i = 0;
+
+	if (st->replay_only)
+		return;
+	memset(&c, 0, sizeof(c));
+	c.source_oid = e->report_oid;
+	c.action = action;
+	c.committed_at = sequin_cdc_txn_commit_time(txn);
+	c.commit_lsn = txn->end_lsn;
+	c.xid = txn->xid;
+	c.schema_name = e->schema_name;
+	c.schema_len = strlen(e->schema_name);
+	c.table_name = e->table_name;
+	c.table_len = strlen(e->table_name);
+	c.record_pk = pk;
+	c.pk_len = pk_len;
+	c.annotations = st->annotations;
+	foreach(lc, e->rules)
+	{
+		RetentionRule *rule = lfirst(lc);
+		bool		filter_failed = parking && parking->failed && parking->failed[i];
+
+		c.change_table = rule->change_table;
+		c.rule_id = rule->id;
+		c.record = record;
+		c.changes = changes;
+		c.park_stage = PARK_NONE;
+		c.columns = NULL;
+		rec.kind = PLUGIN_RECORD_ROW;
+		if (filter_failed)
+			plugin_set_park(&c, PARK_FILTER, parking->failed[i]);
+		else if ((accepted == NULL || accepted[i]) && parking && parking->render_error)
+			plugin_set_park(&c, PARK_RENDER, parking->render_error);
+		else if (!(accepted == NULL || accepted[i]))
+		{
+			i++;
+			continue;
+		}
+		if (c.park_stage != PARK_NONE)
+		{
+			rec.kind = PLUGIN_RECORD_PARK;
+			if (parking->render_error)
+			{
+				c.record = NULL;
+				c.changes = NULL;
+				c.columns = parking->columns;
+			}
+		}
+		plugin_emit(ctx, &rec, false);
+		st->txn_rows++;
+		i++;
+	}
+}
+
+/* A row to render: record, and changes for an update with the old row */
+typedef struct PluginRender
+{
+	RelEntry   *e;
+	Datum	   *values;			/* the row shown: new, or old for a delete */
+	bool	   *nulls;
+	const bool *include;
+	Datum	   *old_values;		/* an update's whole old row, or NULL */
+	bool	   *old_nulls;
+	Jsonb	   *record;			/* out */
+	Jsonb	   *changes;		/* out */
+	Size		size;			/* the values' size, as far as summed */
+	bool		too_large;		/* their size alone passes jsonb's limit */
+} PluginRender;
+
 /* Are two values of one column the same bytes (TOAST and packing aside)? */
 static bool
 plugin_values_equal(Datum a, Datum b, int16 typlen, bool typbyval)
@@ -213,46 +316,90 @@ plugin_values_equal(Datum a, Datum b, int16 typlen, bool typbyval)
 }
 
 /*
- * Hand over one change row per rule of e that accepted it (accepted NULL:
- * every rule), unless the transaction was written before.
+ * SequinTryStep: render record the way to_jsonb(row) shows it and, for an
+ * update with the whole old row, changes: the old values of the columns
+ * whose value changed.  A row whose values alone pass jsonb's limit is not
+ * even tried.
  */
 static void
-plugin_emit_rows(LogicalDecodingContext *ctx, PluginState *st, RelEntry *e,
-				 ReorderBufferTXN *txn, char action, const bool *accepted,
-				 const char *pk, int pk_len, Jsonb *record, Jsonb *changes)
+plugin_render_step(void *arg)
 {
-	BufferedChange c;
-	PluginRecord rec = {.kind = PLUGIN_RECORD_ROW,.row = &c};
-	ListCell   *lc;
-	int			i = 0;
+	PluginRender *r = arg;
+	RelEntry   *e = r->e;
+	int			natts = e->report_desc->natts;
 
-	if (st->replay_only)
-		return;
-	c.source_oid = e->report_oid;
-	c.action = action;
-	c.committed_at = sequin_cdc_txn_commit_time(txn);
-	c.commit_lsn = txn->end_lsn;
-	c.schema_name = e->schema_name;
-	c.schema_len = strlen(e->schema_name);
-	c.table_name = e->table_name;
-	c.table_len = strlen(e->table_name);
-	c.record_pk = pk;
-	c.pk_len = pk_len;
-	c.record = record;
-	c.changes = changes;
-	c.annotations = st->annotations;
-	foreach(lc, e->rules)
+	if (r->too_large)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("row is too large for a jsonb record: its values take %zu bytes, more than the maximum of %d bytes",
+						r->size, (int) JENTRY_OFFLENMASK)));
+	r->record = sequin_cdc_row_encoder_object(e->enc, r->values, r->nulls, r->include);
+	r->changes = NULL;
+	if (r->old_values)
 	{
-		RetentionRule *rule = lfirst(lc);
+		bool	   *changed = palloc0(sizeof(bool) * Max(natts, 1));
 
-		if (accepted == NULL || accepted[i])
+		for (int i = 0; i < natts; i++)
 		{
-			c.change_table = rule->change_table;
-			plugin_emit(ctx, &rec, false);
-			st->txn_rows++;
+			Form_pg_attribute att = TupleDescAttr(e->report_desc, i);
+
+			if (att->attisdropped || !r->include[i])
+				continue;
+			if (r->nulls[i] != r->old_nulls[i])
+				changed[i] = true;
+			else if (!r->nulls[i])
+				changed[i] = !plugin_values_equal(r->values[i], r->old_values[i],
+												  att->attlen, att->attbyval);
 		}
-		i++;
+		r->changes = sequin_cdc_row_encoder_object(e->enc, r->old_values, r->old_nulls, changed);
 	}
+}
+
+/* SequinTryStep: each column's text, for a row that did not render. */
+static void
+plugin_columns_step(void *arg)
+{
+	PluginRender *r = arg;
+
+	r->record = sequin_cdc_row_encoder_texts(r->e->enc, r->values, r->nulls, r->include,
+											 SEQUIN_CDC_PARK_COLUMN_TEXT);
+}
+
+/*
+ * Render a row (PluginRender).  A row that may fail to render (row_json.c
+ * says which) is rendered in a subtransaction: when it fails, parking
+ * gets the error, and each column's text as far as that can be had.
+ */
+static void
+plugin_render(PluginRender *r, PluginParking *parking)
+{
+	ErrorData  *ignored = NULL;
+	Size		old_size = 0;
+	RowRenderRisk risk = sequin_cdc_row_encoder_risk(r->e->enc, r->values, r->nulls,
+													 &r->size);
+
+	if (r->old_values)
+	{
+		RowRenderRisk old_risk = sequin_cdc_row_encoder_risk(r->e->enc, r->old_values,
+															 r->old_nulls, &old_size);
+
+		risk = Max(risk, old_risk);
+		r->size = Max(r->size, old_size);
+	}
+	r->too_large = risk == RENDER_TOO_LARGE;
+	parking->render_error = NULL;
+	parking->columns = NULL;
+	if (risk == RENDER_SAFE)
+	{
+		plugin_render_step(r);
+		return;
+	}
+	if (sequin_cdc_try(plugin_render_step, r, &parking->render_error))
+		return;
+	r->changes = NULL;
+	if (sequin_cdc_try(plugin_columns_step, r, &ignored))
+		parking->columns = r->record;
+	r->record = NULL;
 }
 
 /*
@@ -287,10 +434,10 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			   *on = NULL;
 	bool	   *include;
 	bool	   *accepted;
+	PluginParking parking;
+	PluginRender render;
 	Datum	   *rv;
 	bool	   *rn;
-	Jsonb	   *record;
-	Jsonb	   *changes = NULL;
 	const char *pk;
 	int			pk_len;
 	int			i;
@@ -409,34 +556,25 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	 * judged by a filter over other columns; it is kept rather than lost.
 	 */
 	accepted = palloc0(sizeof(bool) * list_length(e->rules));
+	parking.failed = palloc0(sizeof(ErrorData *) * list_length(e->rules));
 	if (!sequin_cdc_relcache_accept(e, actbit, InvalidOid,
 									!(action == 'd' && !e->identity_full),
-									rv, rn, accepted))
+									rv, rn, accepted, parking.failed))
 	{
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(st->change_cxt);
 		return;
 	}
 
-	record = sequin_cdc_row_encoder_object(e->enc, rv, rn, include);
-	if (action == 'u' && ov && e->identity_full)
-	{
-		bool	   *changed = palloc0(sizeof(bool) * Max(natts, 1));
-
-		for (i = 0; i < natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(e->report_desc, i);
-
-			if (att->attisdropped || !include[i])
-				continue;
-			if (nn[i] != on[i])
-				changed[i] = true;
-			else if (!nn[i])
-				changed[i] = !plugin_values_equal(nv[i], ov[i], att->attlen, att->attbyval);
-		}
-		changes = sequin_cdc_row_encoder_object(e->enc, ov, on, changed);
-	}
-	plugin_emit_rows(ctx, st, e, txn, action, accepted, pk, pk_len, record, changes);
+	render.e = e;
+	render.values = rv;
+	render.nulls = rn;
+	render.include = include;
+	render.old_values = (action == 'u' && ov && e->identity_full) ? ov : NULL;
+	render.old_nulls = on;
+	plugin_render(&render, &parking);
+	plugin_emit_rows(ctx, st, e, txn, action, accepted, pk, pk_len,
+					 render.record, render.changes, &parking);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(st->change_cxt);
@@ -500,13 +638,13 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			leaf.report_oid = RelationGetRelid(rel);
 			leaf.schema_name = get_namespace_name(RelationGetNamespace(rel));
 			leaf.table_name = RelationGetRelationName(rel);
-			plugin_emit_rows(ctx, st, &leaf, txn, 't', NULL, "", 0, empty, NULL);
+			plugin_emit_rows(ctx, st, &leaf, txn, 't', NULL, "", 0, empty, NULL, NULL);
 			continue;
 		}
 		if (list_member_oid(reported, e->report_oid))
 			continue;
 		reported = lappend_oid(reported, e->report_oid);
-		plugin_emit_rows(ctx, st, e, txn, 't', NULL, "", 0, empty, NULL);
+		plugin_emit_rows(ctx, st, e, txn, 't', NULL, "", 0, empty, NULL, NULL);
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(st->change_cxt);
@@ -531,6 +669,7 @@ plugin_watermark(LogicalDecodingContext *ctx, PluginState *st,
 	char	   *data;
 	char	   *p;
 	MemoryContext old;
+	PluginParking parking;
 
 	if (strcmp(prefix, SEQUIN_CDC_BACKFILL_END) == 0)
 	{
@@ -610,11 +749,16 @@ plugin_watermark(LogicalDecodingContext *ctx, PluginState *st,
 
 		/* rows that exist are for rules that keep inserts */
 		accepted = palloc0(sizeof(bool) * list_length(e->rules));
+		parking.failed = palloc0(sizeof(ErrorData *) * list_length(e->rules));
 		if (sequin_cdc_relcache_accept(e, RULE_ACT_INSERT, m.change_table, true,
-									   values, nulls, accepted))
+									   values, nulls, accepted, parking.failed))
+		{
+			PluginRender render = {.e = e,.values = values,.nulls = nulls};
+
+			plugin_render(&render, &parking);
 			plugin_emit_rows(ctx, st, e, txn, 'r', accepted, pk, pk_len,
-							 sequin_cdc_row_encoder_object(e->enc, values, nulls, NULL),
-							 NULL);
+							 render.record, NULL, &parking);
+		}
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(st->change_cxt);

@@ -16,6 +16,9 @@
  * The records, in stream order:
  *   ROW            a change row for the buffer (row points to plugin memory,
  *                  valid during the write callback only)
+ *   PARK           a change that could not be filtered or rendered, with
+ *                  its error (row->park_stage, parked.h): parked in the
+ *                  write transaction of the batch, in stream order
  *   COMMIT         a decoded source transaction ended at lsn, committed at
  *                  commit_time; had_rows: it produced rows
  *   HOLD           the oldest open backfill window now starts at lsn
@@ -48,6 +51,7 @@
 typedef enum PluginRecordKind
 {
 	PLUGIN_RECORD_ROW,
+	PLUGIN_RECORD_PARK,
 	PLUGIN_RECORD_COMMIT,
 	PLUGIN_RECORD_HOLD,
 	PLUGIN_RECORD_BACKFILL_SEEN,
@@ -57,7 +61,7 @@ typedef enum PluginRecordKind
 typedef struct PluginRecord
 {
 	PluginRecordKind kind;
-	const BufferedChange *row;	/* ROW */
+	const BufferedChange *row;	/* ROW, PARK */
 	XLogRecPtr	lsn;			/* COMMIT: end of the transaction; HOLD */
 	TimestampTz commit_time;	/* COMMIT */
 	bool		had_rows;		/* COMMIT */

@@ -45,6 +45,7 @@
 #include "catalog.h"
 #include "compat.h"
 #include "filter.h"
+#include "parked.h"
 #include "plugin_relcache.h"
 #include "row_json.h"
 
@@ -158,6 +159,30 @@ relcache_parse_actions(ArrayType *arr)
 	return mask;
 }
 
+/* A filter to compile, by sequin_cdc_try */
+typedef struct RelcacheFilterBuild
+{
+	RelEntry   *e;
+	RetentionRule *rule;
+	Relation	report_rel;
+	const char *filter;
+} RelcacheFilterBuild;
+
+/* SequinTryStep: parse and compile one rule's filter. */
+static void
+relcache_build_filter_step(void *arg)
+{
+	RelcacheFilterBuild *b = arg;
+	Expr	   *expr = sequin_cdc_parse_filter_unlocked(b->report_rel, b->filter);
+
+	if (b->e->estate == NULL)
+	{
+		b->e->estate = CreateExecutorState();
+		b->e->slot = MakeSingleTupleTableSlot(b->e->report_desc, &TTSOpsVirtual);
+	}
+	b->rule->filter = ExecPrepareExpr(expr, b->e->estate);
+}
+
 /*
  * Parse a rule's filter against the report relation's (historic) columns.
  * A filter that no longer parses (a column it names was dropped) must not
@@ -168,48 +193,22 @@ static void
 relcache_build_filter(RelEntry *e, RetentionRule *rule, Relation report_rel,
 					  const char *filter)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	RelcacheFilterBuild b = {e, rule, report_rel, filter};
+	ErrorData  *edata = NULL;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		Expr	   *expr = sequin_cdc_parse_filter_unlocked(report_rel, filter);
-
-		if (e->estate == NULL)
-		{
-			e->estate = CreateExecutorState();
-			e->slot = MakeSingleTupleTableSlot(e->report_desc, &TTSOpsVirtual);
-		}
-		rule->filter = ExecPrepareExpr(expr, e->estate);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		rule->filter = NULL;
-		rule->filter_broken = true;
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("filter of retention rule %lld on \"%s.%s\" no longer applies: %s",
-						(long long) rule->id, e->schema_name, e->table_name,
-						edata->message),
-				 errdetail("Every change of the table is captured until the rule is replaced."),
-				 errhint("Drop the rule with sequin_cdc.drop_change_retention(%lld) and add it again with a filter that matches the table.",
-						 (long long) rule->id)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	if (sequin_cdc_try(relcache_build_filter_step, &b, &edata))
+		return;
+	rule->filter = NULL;
+	rule->filter_broken = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("filter of retention rule %lld on \"%s.%s\" no longer applies: %s",
+					(long long) rule->id, e->schema_name, e->table_name,
+					edata->message),
+			 errdetail("Every change of the table is captured until the rule is replaced."),
+			 errhint("Drop the rule with sequin_cdc.drop_change_retention(%lld) and add it again with a filter that matches the table.",
+					 (long long) rule->id)));
+	FreeErrorData(edata);
 }
 
 /*
@@ -515,17 +514,41 @@ relcache_filter_accepts(RelEntry *e, RetentionRule *rule, Datum *values,
 	return !isnull && DatumGetBool(res);
 }
 
+/* A filter evaluation run by sequin_cdc_try */
+typedef struct RelcacheFilterCall
+{
+	RelEntry   *e;
+	RetentionRule *rule;
+	Datum	   *values;
+	bool	   *nulls;
+	bool		accepts;
+} RelcacheFilterCall;
+
+/* SequinTryStep: evaluate one rule's filter. */
+static void
+relcache_filter_step(void *arg)
+{
+	RelcacheFilterCall *call = arg;
+
+	call->accepts = relcache_filter_accepts(call->e, call->rule, call->values,
+											call->nulls);
+}
+
 /*
  * Which of e's rules take a row: those whose actions include action (a
  * RULE_ACT_* bit), that write change_table if it is valid, and whose
  * filter accepts the report-shaped row, when use_filters (a filter cannot
  * judge a row the WAL does not hold whole: such a row is kept rather than
- * lost).  Sets accepted[i] for the i-th rule; returns whether any does.
+ * lost).  Sets accepted[i] for the i-th rule.  A filter that raises an
+ * error about the row (100 / a with a = 0) neither takes nor drops it: its
+ * error goes into failed[i], to park the change (parked.c); only filters
+ * are evaluated in a subtransaction, rules without one cost nothing.
+ * Returns whether any rule took the row or failed on it.
  */
 bool
 sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 						   bool use_filters, Datum *values, bool *nulls,
-						   bool *accepted)
+						   bool *accepted, ErrorData **failed)
 {
 	ListCell   *lc;
 	int			i = 0;
@@ -534,11 +557,17 @@ sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 	foreach(lc, e->rules)
 	{
 		RetentionRule *rule = lfirst(lc);
+		RelcacheFilterCall call = {e, rule, values, nulls, true};
 
+		failed[i] = NULL;
 		accepted[i] = (rule->actions & action) &&
-			(!OidIsValid(change_table) || rule->change_table == change_table) &&
-			(!use_filters || relcache_filter_accepts(e, rule, values, nulls));
-		any |= accepted[i];
+			(!OidIsValid(change_table) || rule->change_table == change_table);
+		if (accepted[i] && use_filters && rule->filter != NULL &&
+			!sequin_cdc_try(relcache_filter_step, &call, &failed[i]))
+			accepted[i] = false;
+		else if (accepted[i] && use_filters)
+			accepted[i] = call.accepts;
+		any |= accepted[i] || failed[i] != NULL;
 		i++;
 	}
 	return any;

@@ -74,6 +74,7 @@ extern const char *sequin_cdc_relcache_key(RelEntry *e, Datum *values, bool *nul
 									 int *len);
 extern bool sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 									   bool use_filters, Datum *values,
-									   bool *nulls, bool *accepted);
+									   bool *nulls, bool *accepted,
+									   ErrorData **failed);
 
 #endif							/* SEQUIN_CDC_PLUGIN_RELCACHE_H */

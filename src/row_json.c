@@ -17,9 +17,12 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
+#include "access/transam.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_coerce.h"
 #include "utils/builtins.h"
@@ -276,6 +279,100 @@ sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 			v.type = jbvNull;
 		else
 			column_value(col, values[i], &v);
+		sequin_cdc_jsonb_push(&b, WJB_VALUE, &v);
+	}
+	sequin_cdc_jsonb_push(&b, WJB_END_OBJECT, NULL);
+	return sequin_cdc_jsonb_result(&b);
+}
+
+/*
+ * May rendering this row fail?  RENDER_GUARDED when a column's value goes
+ * through code that is not built in (a user type's output function or
+ * cast to json, a composite or an array of one), or the row is large
+ * enough to come near jsonb's 256 MB limit; RENDER_TOO_LARGE when its
+ * values alone pass that limit (a jsonb record would be larger still: do
+ * not try); else RENDER_SAFE.  The decoder renders guarded rows in a
+ * subtransaction, so that an error parks the change (parked.c); the
+ * others, nearly all, are rendered without that cost.  *size gets the
+ * values' size as far as it was summed.
+ */
+RowRenderRisk
+sequin_cdc_row_encoder_risk(RowEncoder *enc, Datum *values, bool *nulls, Size *size)
+{
+	RowRenderRisk risk = RENDER_SAFE;
+	Size		total = 0;
+
+	for (int i = 0; i < enc->natts; i++)
+	{
+		ColumnEncoder *col = &enc->cols[i];
+
+		if (col->kind == COLUMN_OMITTED || nulls[i])
+			continue;
+		if ((col->kind == COLUMN_TO_JSONB || col->kind == COLUMN_OTHER) &&
+			col->base_type >= FirstNormalObjectId)
+			risk = RENDER_GUARDED;
+		if (col->typlen == -1)
+			total += toast_raw_datum_size(values[i]);
+		else
+			total += 32;
+		if (total > SEQUIN_CDC_RENDER_GUARD_BYTES)
+			risk = RENDER_GUARDED;
+	}
+	*size = total;
+	return total > JENTRY_OFFLENMASK ? RENDER_TOO_LARGE : risk;
+}
+
+/*
+ * For a row that cannot be rendered as jsonb: each column's text (the
+ * type's output), cut to maxlen bytes with "..." when longer, as a jsonb
+ * object (include as for sequin_cdc_row_encoder_object).  Text values
+ * are sliced before they are detoasted, so a huge value costs maxlen; a
+ * huge value of another type is only measured.
+ */
+Jsonb *
+sequin_cdc_row_encoder_texts(RowEncoder *enc, Datum *values, bool *nulls,
+							 const bool *include, int maxlen)
+{
+	SequinCdcJsonbBuilder b = {0};
+
+	sequin_cdc_jsonb_push(&b, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < enc->natts; i++)
+	{
+		ColumnEncoder *col = &enc->cols[i];
+		JsonbValue	v;
+		char	   *s;
+		int			len;
+		bool		cut;
+
+		if (col->kind == COLUMN_OMITTED || (include && !include[i]))
+			continue;
+		sequin_cdc_jsonb_push(&b, WJB_KEY, &col->key);
+		if (nulls[i])
+		{
+			v.type = jbvNull;
+			sequin_cdc_jsonb_push(&b, WJB_VALUE, &v);
+			continue;
+		}
+		if (col->kind == COLUMN_TEXT)
+		{
+			text	   *t = (text *) PG_DETOAST_DATUM_SLICE(values[i], 0, maxlen + 1);
+
+			s = text_to_cstring(t);
+		}
+		else if (col->typlen == -1 &&
+				 toast_raw_datum_size(values[i]) > SEQUIN_CDC_RENDER_GUARD_BYTES)
+			s = psprintf("(%zu bytes, not shown)", toast_raw_datum_size(values[i]));
+		else
+			s = OutputFunctionCall(&col->out, values[i]);
+		len = strlen(s);
+		cut = len > maxlen;
+		if (cut)
+		{
+			len = pg_mbcliplen(s, len, maxlen);
+			s = psprintf("%.*s...", len, s);
+			len = strlen(s);
+		}
+		set_string(&v, s, len);
 		sequin_cdc_jsonb_push(&b, WJB_VALUE, &v);
 	}
 	sequin_cdc_jsonb_push(&b, WJB_END_OBJECT, NULL);

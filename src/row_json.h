@@ -49,6 +49,21 @@ typedef struct RowEncoder
 extern RowEncoder *sequin_cdc_row_encoder_create(TupleDesc desc, MemoryContext cxt);
 extern Jsonb *sequin_cdc_row_encoder_object(RowEncoder *enc, Datum *values, bool *nulls,
 								 const bool *include);
+/* Rows whose values add up to more are rendered in a subtransaction */
+#define SEQUIN_CDC_RENDER_GUARD_BYTES	((Size) 16 * 1024 * 1024)
+
+/* May rendering a row fail (sequin_cdc_row_encoder_risk)? */
+typedef enum RowRenderRisk
+{
+	RENDER_SAFE,
+	RENDER_GUARDED,				/* render in a subtransaction */
+	RENDER_TOO_LARGE,			/* its values alone pass jsonb's limit */
+} RowRenderRisk;
+
+extern RowRenderRisk sequin_cdc_row_encoder_risk(RowEncoder *enc, Datum *values,
+												 bool *nulls, Size *size);
+extern Jsonb *sequin_cdc_row_encoder_texts(RowEncoder *enc, Datum *values, bool *nulls,
+										   const bool *include, int maxlen);
 extern int	sequin_cdc_primary_key(Relation rel, AttrNumber **keys);
 extern char *sequin_cdc_row_encoder_key_text(RowEncoder *enc, int nkeys,
 								  const AttrNumber *keys, Datum *values,

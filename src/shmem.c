@@ -117,6 +117,28 @@ sequin_cdc_find_slot_entry(const char *slot_name)
 }
 
 /*
+ * retry_parked_changes() committed: tell the capture worker of entry idx
+ * to retry its slot's parked changes in its next write transaction.
+ */
+void
+sequin_cdc_request_parked_retry(int idx)
+{
+	CaptureSlotShared *e;
+
+	if (idx < 0 || idx >= sequin_cdc_shared->nslots)
+		return;
+	e = &sequin_cdc_shared->slots[idx];
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (e->in_use)
+	{
+		e->retry_parked = true;
+		if (e->latch)
+			SetLatch(e->latch);
+	}
+	LWLockRelease(sequin_cdc_shared->lock);
+}
+
+/*
  * drop_slot() is about to drop a slot: mark its entry so that the launcher
  * starts no worker for it, and wake the worker serving it so that it
  * releases the slot.  Returns the entry's index, or -1 if it has none.

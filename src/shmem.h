@@ -59,6 +59,7 @@ typedef struct CaptureSlotShared
 	TimestampTz last_commit_time;
 	TimestampTz last_error_time;
 	char		last_error[SEQUIN_CDC_ERROR_LEN];
+	bool		retry_parked;	/* retry_parked_changes() was called */
 } CaptureSlotShared;
 
 /*
@@ -94,6 +95,7 @@ extern void sequin_cdc_require_preload(void);
 
 /* Slot entries */
 extern int	sequin_cdc_find_slot_entry(const char *slot_name);
+extern void sequin_cdc_request_parked_retry(int idx);
 extern int	sequin_cdc_request_slot_drop(const char *slot_name);
 extern void sequin_cdc_cancel_slot_drop(int idx);
 extern void sequin_cdc_release_slot_entry(int idx, const char *slot_name);

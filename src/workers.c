@@ -181,6 +181,7 @@ typedef enum WorkersTarget
 	WORKERS_TARGET_LAUNCHER,
 	WORKERS_TARGET_BACKFILL,
 	WORKERS_TARGET_SINK,
+	WORKERS_TARGET_CAPTURE,
 } WorkersTarget;
 
 /* The target of an action. */
@@ -193,6 +194,8 @@ workers_target(SequinCommitAction action)
 			return WORKERS_TARGET_LAUNCHER;
 		case SEQUIN_AT_COMMIT_START_BACKFILL:
 			return WORKERS_TARGET_BACKFILL;
+		case SEQUIN_AT_COMMIT_RETRY_PARKED:
+			return WORKERS_TARGET_CAPTURE;
 		case SEQUIN_AT_COMMIT_START_SINK:
 		case SEQUIN_AT_COMMIT_WAKE_SINK:
 		case SEQUIN_AT_COMMIT_STOP_SINK:
@@ -211,6 +214,8 @@ workers_target_deed(WorkersTarget target)
 			return "created a sequin_cdc slot";
 		case WORKERS_TARGET_BACKFILL:
 			return "started a backfill";
+		case WORKERS_TARGET_CAPTURE:
+			return "asked for a retry of parked changes";
 		case WORKERS_TARGET_SINK:
 			break;
 	}
@@ -242,6 +247,9 @@ workers_run_action(WorkersPending *p)
 			break;
 		case SEQUIN_AT_COMMIT_STOP_SINK:
 			(void) sequin_cdc_signal_sink(MyDatabaseId, p->id, true);
+			break;
+		case SEQUIN_AT_COMMIT_RETRY_PARKED:
+			sequin_cdc_request_parked_retry((int) p->id);
 			break;
 	}
 }

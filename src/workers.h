@@ -72,6 +72,8 @@ typedef enum SequinCommitAction
 									 * new one waits for it to exit */
 	SEQUIN_AT_COMMIT_WAKE_SINK, /* wake the worker, or start one if none */
 	SEQUIN_AT_COMMIT_STOP_SINK, /* terminate the worker */
+	SEQUIN_AT_COMMIT_RETRY_PARKED,	/* id: capture slot entry index; its
+									 * worker retries parked changes */
 } SequinCommitAction;
 
 /*

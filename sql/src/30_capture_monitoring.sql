@@ -17,13 +17,15 @@ SELECT s.slot_name::text AS slot_name,
        st.last_error,
        st.last_error_time,
        s.active,
-       s.wal_status
+       s.wal_status,
+       (SELECT count(*) FROM sequin_cdc.parked_changes p
+         WHERE p.slot_name = s.slot_name) AS parked
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
  WHERE s.plugin = 'sequin_cdc' AND s.database = current_database();
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag and last error.';
+    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag, last error and parked changes (unresolved).';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool

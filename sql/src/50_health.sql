@@ -261,6 +261,28 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc._health_sinks() IS
     'Internal: the rows of health() about each sink.';
 
+-- Parked changes (17_parked_changes.sql): a warning per slot while any
+-- are unresolved (those the caller may see), naming the retry function.
+CREATE FUNCTION sequin_cdc._health_parked()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'parked changes ' || p.slot_name, 'warning',
+           format('%s change(s) could not be filtered, rendered or written and are parked since %s (e.g. %s of %I.%I: %s); see sequin_cdc.parked_changes, fix the cause, then run SELECT sequin_cdc.retry_parked_changes(%L); or give them up with sequin_cdc.drop_parked_changes(ids)',
+                  count(*), min(p.parked_at),
+                  (array_agg(p.stage ORDER BY p.id))[1],
+                  (array_agg(p.source_table_schema ORDER BY p.id))[1],
+                  (array_agg(p.source_table_name ORDER BY p.id))[1],
+                  (array_agg(p.error ORDER BY p.id))[1],
+                  p.slot_name)
+      FROM sequin_cdc.parked_changes p
+     GROUP BY p.slot_name
+     ORDER BY p.slot_name
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_parked() IS
+    'Internal: the rows of health() about parked changes, one per slot that has some.';
+
 CREATE FUNCTION sequin_cdc.health()
 RETURNS TABLE (check_name text, status text, detail text)
 LANGUAGE plpgsql
@@ -273,6 +295,7 @@ BEGIN
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_rules();
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_policies();
     RETURN QUERY SELECT * FROM sequin_cdc._health_sinks();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_parked();
 END
 $fn$;
 COMMENT ON FUNCTION sequin_cdc.health() IS
