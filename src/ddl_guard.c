@@ -103,21 +103,6 @@ ddl_guarded_extension(void)
 	return ext;
 }
 
-/* Append one item to a list of the notes, in memory the transaction keeps. */
-static List *
-ddl_note(List *list, void *item)
-{
-	notes_taken = true;
-	return lappend(list, item);
-}
-
-static List *
-ddl_note_oid(List *list, Oid oid)
-{
-	notes_taken = true;
-	return lappend_oid(list, oid);
-}
-
 /* Forget the notes when the transaction ends (their memory goes with it). */
 static void
 ddl_xact_callback(XactEvent event, void *arg)
@@ -281,12 +266,32 @@ ddl_is_holding_table(Oid relid)
 		 strcmp(name, SEQUIN_CDC_RETENTION_POLICIES_TABLE) == 0);
 }
 
-/* Take note of one object about to be dropped, if capture may depend on it. */
+/*
+ * Note the publication and the table or schema of entry, a row of
+ * pg_publication_rel or pg_publication_namespace (cacheid) being removed.
+ */
+static void
+ddl_note_entry(int cacheid, Oid entry, AttrNumber pubatt, AttrNumber otheratt,
+			   List **pubs, List **others)
+{
+	HeapTuple	tup = SearchSysCache1(cacheid, ObjectIdGetDatum(entry));
+	bool		isnull;
+
+	if (!HeapTupleIsValid(tup))
+		return;
+	*pubs = lappend_oid(*pubs, DatumGetObjectId(SysCacheGetAttr(cacheid, tup, pubatt, &isnull)));
+	*others = lappend_oid(*others, DatumGetObjectId(SysCacheGetAttr(cacheid, tup, otheratt, &isnull)));
+	ReleaseSysCache(tup);
+}
+
+/*
+ * Take note of one object about to be dropped, if capture may depend on
+ * it: a table, a publication, or a table's or schema's entry in one.
+ */
 static void
 ddl_note_drop(Oid classId, Oid objectId, int flags)
 {
 	MemoryContext old;
-	HeapTuple	tup;
 
 	if (classId == RelationRelationId)
 	{
@@ -296,59 +301,39 @@ ddl_note_drop(Oid classId, Oid objectId, int flags)
 		if ((flags & PERFORM_DELETION_INTERNAL) ||
 			(relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE))
 			return;
-		if (!OidIsValid(ddl_guarded_extension()))
-			return;
-		if (ddl_is_holding_table(objectId))
-			ddl_check_extension_drop();
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		notes.tables = ddl_note_oid(notes.tables, objectId);
-		notes.table_names = ddl_note(notes.table_names,
-									 quote_qualified_identifier(get_namespace_name(get_rel_namespace(objectId)),
-																get_rel_name(objectId)));
-		MemoryContextSwitchTo(old);
+	}
+	else if (classId != PublicationRelationId &&
+			 classId != PublicationRelRelationId &&
+			 classId != PublicationNamespaceRelationId)
+		return;
+	if (!OidIsValid(ddl_guarded_extension()))
+		return;
+	if (classId == RelationRelationId && ddl_is_holding_table(objectId))
+		ddl_check_extension_drop();
+
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (classId == RelationRelationId)
+	{
+		notes.tables = lappend_oid(notes.tables, objectId);
+		notes.table_names = lappend(notes.table_names,
+									quote_qualified_identifier(get_namespace_name(get_rel_namespace(objectId)),
+															   get_rel_name(objectId)));
 	}
 	else if (classId == PublicationRelationId)
 	{
-		char	   *name;
+		char	   *name = get_publication_name(objectId, true);
 
-		if (!OidIsValid(ddl_guarded_extension()))
-			return;
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		name = get_publication_name(objectId, true);
 		if (name)
-			notes.publications = ddl_note(notes.publications, name);
-		MemoryContextSwitchTo(old);
+			notes.publications = lappend(notes.publications, name);
 	}
 	else if (classId == PublicationRelRelationId)
-	{
-		if (!OidIsValid(ddl_guarded_extension()))
-			return;
-		tup = SearchSysCache1(PUBLICATIONREL, ObjectIdGetDatum(objectId));
-		if (!HeapTupleIsValid(tup))
-			return;
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		notes.table_pubs = ddl_note_oid(notes.table_pubs,
-										((Form_pg_publication_rel) GETSTRUCT(tup))->prpubid);
-		notes.table_rels = ddl_note_oid(notes.table_rels,
-										((Form_pg_publication_rel) GETSTRUCT(tup))->prrelid);
-		MemoryContextSwitchTo(old);
-		ReleaseSysCache(tup);
-	}
-	else if (classId == PublicationNamespaceRelationId)
-	{
-		if (!OidIsValid(ddl_guarded_extension()))
-			return;
-		tup = SearchSysCache1(PUBLICATIONNAMESPACE, ObjectIdGetDatum(objectId));
-		if (!HeapTupleIsValid(tup))
-			return;
-		old = MemoryContextSwitchTo(TopTransactionContext);
-		notes.schema_pubs = ddl_note_oid(notes.schema_pubs,
-										 ((Form_pg_publication_namespace) GETSTRUCT(tup))->pnpubid);
-		notes.schema_nsps = ddl_note_oid(notes.schema_nsps,
-										 ((Form_pg_publication_namespace) GETSTRUCT(tup))->pnnspid);
-		MemoryContextSwitchTo(old);
-		ReleaseSysCache(tup);
-	}
+		ddl_note_entry(PUBLICATIONREL, objectId, Anum_pg_publication_rel_prpubid,
+					   Anum_pg_publication_rel_prrelid, &notes.table_pubs, &notes.table_rels);
+	else
+		ddl_note_entry(PUBLICATIONNAMESPACE, objectId, Anum_pg_publication_namespace_pnpubid,
+					   Anum_pg_publication_namespace_pnnspid, &notes.schema_pubs, &notes.schema_nsps);
+	notes_taken = true;
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -371,39 +356,28 @@ ddl_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
-		notes.altered_pubs = ddl_note_oid(notes.altered_pubs, objectId);
+		notes.altered_pubs = lappend_oid(notes.altered_pubs, objectId);
+		notes_taken = true;
 		MemoryContextSwitchTo(old);
 	}
 }
 
-/* An array of the OIDs of a list */
+/* An oid[] of a list of OIDs, or a text[] of a list of C strings */
 static Datum
-ddl_oid_array(List *oids)
+ddl_array(List *list, Oid elemtype)
 {
-	int			n = list_length(oids);
-	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
-	int			i = 0;
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(list), 1));
 	ListCell   *lc;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
 
-	foreach(lc, oids)
-		elems[i++] = ObjectIdGetDatum(lfirst_oid(lc));
-	return PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true,
-										   TYPALIGN_INT));
-}
-
-/* A text[] of a list of C strings */
-static Datum
-ddl_text_array(List *strings)
-{
-	int			n = list_length(strings);
-	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
-	int			i = 0;
-	ListCell   *lc;
-
-	foreach(lc, strings)
-		elems[i++] = CStringGetTextDatum(lfirst(lc));
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
-										   TYPALIGN_INT));
+	foreach(lc, list)
+		elems[foreach_current_index(lc)] = elemtype == OIDOID ?
+			ObjectIdGetDatum(lfirst_oid(lc)) : CStringGetTextDatum(lfirst(lc));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(elems, list_length(list), elemtype,
+										   typlen, typbyval, typalign));
 }
 
 /*
@@ -427,23 +401,25 @@ ddl_judge_notes(void)
 	notes_taken = false;
 	if (!IsTransactionState() || !OidIsValid(ddl_guarded_extension()))
 		return;
+
+	/* (the lookup too: the role may lack USAGE on our schema) */
+	sequin_cdc_switch_to_user(BOOTSTRAP_SUPERUSERID, &ucxt);
 	fn = LookupFuncName(list_make2(makeString(SEQUIN_CDC_SCHEMA),
 								   makeString("_ddl_guard_check")),
 						lengthof(argtypes), argtypes, true);
-	if (!OidIsValid(fn))
-		return;
-
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	sequin_cdc_switch_to_user(BOOTSTRAP_SUPERUSERID, &ucxt);
-	(void) OidFunctionCall8(fn,
-							ddl_text_array(n.publications),
-							ddl_oid_array(n.table_pubs), ddl_oid_array(n.table_rels),
-							ddl_oid_array(n.schema_pubs), ddl_oid_array(n.schema_nsps),
-							ddl_oid_array(n.altered_pubs),
-							ddl_oid_array(n.tables), ddl_text_array(n.table_names));
+	if (OidIsValid(fn))
+	{
+		CommandCounterIncrement();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		(void) OidFunctionCall8(fn,
+								ddl_array(n.publications, TEXTOID),
+								ddl_array(n.table_pubs, OIDOID), ddl_array(n.table_rels, OIDOID),
+								ddl_array(n.schema_pubs, OIDOID), ddl_array(n.schema_nsps, OIDOID),
+								ddl_array(n.altered_pubs, OIDOID),
+								ddl_array(n.tables, OIDOID), ddl_array(n.table_names, TEXTOID));
+		PopActiveSnapshot();
+	}
 	sequin_cdc_restore_user(&ucxt);
-	PopActiveSnapshot();
 }
 
 /*
@@ -464,8 +440,9 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString,
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
-		notes.publications = ddl_note(notes.publications,
-									  pstrdup(strVal(((RenameStmt *) parsetree)->object)));
+		notes.publications = lappend(notes.publications,
+									 pstrdup(strVal(((RenameStmt *) parsetree)->object)));
+		notes_taken = true;
 		MemoryContextSwitchTo(old);
 	}
 

@@ -8,6 +8,9 @@
 -- arguments: publications dropped or renamed (their names), pairs of
 -- (publication, table) and (publication, schema) removed from publications,
 -- publications whose options changed, and tables dropped (OIDs and names).
+-- What writes into a dropped change table (rules, a retention policy)
+-- refuses the drop; what only reads a dropped table (the rules of a source
+-- table, the sinks of a change table) goes with it, with a notice.
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION sequin_cdc._ddl_guard_check(
@@ -20,6 +23,7 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     r record;
+    k record;
     dropped oid[];
     calls text;
 BEGIN
@@ -63,6 +67,13 @@ BEGIN
                       DETAIL = 'Its scheduled job would fail from now on.',
                       HINT = format('Drop the policy first with SELECT sequin_cdc.drop_retention_policy(%L);', r.name);
         END IF;
+        -- what only reads it goes with it, as the rules of a dropped source
+        -- table do: a role that may read a change table cannot hold its drop
+        FOR k IN SELECT s.name FROM sequin_cdc.sinks s WHERE s.change_table = r.relid ORDER BY s.name
+        LOOP
+            PERFORM sequin_cdc.drop_sink(k.name);
+            RAISE NOTICE 'sink "%" of dropped change table % removed', k.name, r.name;
+        END LOOP;
         DELETE FROM sequin_cdc.change_tables ct WHERE ct.change_table = r.relid;
     END LOOP;
 

@@ -58,6 +58,7 @@ sub refused
 
 # Capture still flows: a new row of src reaches sequin_cdc.changes.
 my $next_id = 1000;
+my ($rc, $out, $notice);
 sub capture_goes_on
 {
 	my ($what) = @_;
@@ -164,6 +165,32 @@ like($err, qr/HINT:  Remove the rules first: SELECT sequin_cdc\.drop_change_rete
 	'hint: drop_change_retention');
 is(sql(q{SELECT to_regclass('public.ct') IS NOT NULL}), 't', 'the change table is still there');
 
+sql(q{SELECT sequin_cdc.create_change_table('public.ct_p');
+	SELECT sequin_cdc.set_retention_policy('ct_p', '1 day', schedule => NULL)});
+$err = refused('DROP TABLE ct_p', 'DROP TABLE of a change table with a retention policy');
+like($err, qr/ERROR:  2BP01: cannot drop change table public\.ct_p because it has a retention policy/, 'says why');
+like($err, qr/HINT:  Drop the policy first with SELECT sequin_cdc\.drop_retention_policy\('public\.ct_p'\);/,
+	'hint: drop_retention_policy');
+sql(q{SELECT sequin_cdc.drop_retention_policy('ct_p')});
+my $ct_p_oid = sql(q{SELECT 'ct_p'::regclass::oid});
+sql(q{DROP TABLE ct_p});
+is(sql(qq{SELECT count(*) FROM sequin_cdc.change_tables WHERE change_table::oid = $ct_p_oid}),
+	'0', 'once the policy is gone it drops, and is unregistered');
+
+# a sink only reads a change table: it goes with it
+sql(q{SELECT sequin_cdc.create_change_table('public.ct_k');
+	SELECT sequin_cdc.create_webhook_sink('k2', 'http://127.0.0.1:9/', 'public.ct_k')});
+ok( SequinNode::poll_until($node, 'postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'sequin_cdc sink'}, timeout => 60),
+	'the sink has its worker');
+($rc, $out, $notice) = $node->psql('postgres', 'DROP TABLE ct_k');
+is($rc, 0, 'DROP TABLE of a change table a sink reads succeeds');
+like($notice, qr/NOTICE:  sink "k2" of dropped change table public\.ct_k removed/, 'a NOTICE says the sink was removed');
+is(sql(q{SELECT count(*) FROM sequin_cdc.sinks WHERE name = 'k2'}), '0', 'the sink is gone');
+ok( SequinNode::poll_until($node, 'postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'sequin_cdc sink'}, timeout => 60),
+	'its worker stopped');
+
 $err = refused('DROP SCHEMA sch2 CASCADE', 'DROP SCHEMA CASCADE with a change table fed from outside');
 like($err, qr/2BP01: cannot drop change table sch2\.cct because retention rules write into it/,
 	'DROP SCHEMA CASCADE refused: a rule of public.src4 writes into sch2.cct');
@@ -181,12 +208,31 @@ is(sql(q{SELECT count(*) FROM ct WHERE source_table_name = 'src2'}), '1', 'ct st
 # source tables: their rules go with them
 # ---------------------------------------------------------------------
 my $gone_oid = sql(q{SELECT 'gone'::regclass::oid});
-my ($rc, $out, $notice) = $node->psql('postgres', 'DROP TABLE gone');
+($rc, $out, $notice) = $node->psql('postgres', 'DROP TABLE gone');
 is($rc, 0, 'DROP TABLE of a source table succeeds');
 like($notice, qr/NOTICE:  retention rule $r_gone of dropped table public\.gone removed/,
 	'a NOTICE says its rule was removed');
 is(sql(qq{SELECT count(*) FROM sequin_cdc.change_retention WHERE id = $r_gone OR source_table::oid = $gone_oid}),
 	'0', 'no rule is left for the dropped OID');
+
+# A role that may only read bob's table cannot stop bob from dropping it:
+# its rule goes with the table.
+sql(q{
+	CREATE ROLE mallory;
+	SELECT sequin_cdc.grant_usage('mallory');
+	GRANT CREATE ON SCHEMA public TO mallory;
+	CREATE TABLE vt (id int PRIMARY KEY);
+	ALTER TABLE vt OWNER TO bob;
+	GRANT SELECT ON vt TO mallory;
+	ALTER PUBLICATION pub ADD TABLE vt;
+});
+my ($r_m) = sql(q{SET ROLE mallory;
+	SELECT sequin_cdc.create_change_table('public.ct_m');
+	SELECT sequin_cdc.add_change_retention('vt', 'public.ct_m', slot => 's1')}) =~ /(\d+)\s*\z/;
+like($r_m // '', qr/^\d+$/, "a role with SELECT on bob's table keeps its changes");
+($rc, $out, $notice) = $node->psql('postgres', 'SET ROLE bob; DROP TABLE vt');
+is($rc, 0, "bob drops his table all the same");
+like($notice, qr/retention rule $r_m of dropped table public\.vt removed/, "the other role's rule went with it");
 
 my $ct_bob_oid = sql(q{SELECT 'ct_bob'::regclass::oid});
 # DROP OWNED: bob's source table goes (rule removed) together with his
