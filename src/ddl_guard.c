@@ -9,7 +9,8 @@
  * ... CASCADE, DROP OWNED, ALTER PUBLICATION ... DROP TABLE / SET TABLE,
  * whose removals are drops of pg_publication_rel and
  * pg_publication_namespace entries), and every change of a publication's
- * options.  Unlike an event trigger it cannot be switched off.  It only
+ * options (and, from the statement itself, publication renames).  Unlike
+ * an event trigger it cannot be switched off.  It only
  * takes note: what it saw is judged when the statement is over (a
  * ProcessUtility hook), by sequin_cdc._ddl_guard_check() in SQL, which
  * then sees the catalogs as the statement left them.  That way a table
@@ -19,8 +20,11 @@
  * check raises an error (the statement and its transaction are undone)
  * for a publication a slot captures, a change table rules write into,
  * a retained table removed from its slot's publication and a publish
- * option a rule needs; it removes the rules of a dropped source table,
- * with a notice, so that no rule is left for a table that reuses the OID.
+ * option a rule needs (what writes into or feeds capture); it removes,
+ * with a notice, what only read a dropped table: the rules of a source
+ * table (no rule is left for a table that reuses the OID) and the sinks of
+ * a change table.  So a role that may merely read a table cannot use a
+ * rule or a sink to hold its owner's DROP TABLE.
  *
  * The one check made at once is DROP EXTENSION's: the extension's own
  * tables go with it, so their rows are read when the hook sees them
