@@ -16,6 +16,7 @@ OBJS = \
 	src/filter.o \
 	src/backfill.o \
 	src/api.o \
+	src/ddl_guard.o \
 	src/run_as.o \
 	src/sink_api.o \
 	src/sink_worker.o \

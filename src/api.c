@@ -41,6 +41,7 @@
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
 #include "catalog.h"
@@ -565,6 +566,9 @@ sequin_cdc_invalidate_relation(PG_FUNCTION_ARGS)
 	Oid			relid = PG_GETARG_OID(0);
 	ListCell   *lc;
 
+	/* a dropped table (a rule left by an older version) has nothing cached */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		PG_RETURN_VOID();
 	foreach(lc, find_all_inheritors(relid, NoLock, NULL))
 		CacheInvalidateRelcacheByRelid(lfirst_oid(lc));
 	PG_RETURN_VOID();

@@ -20,7 +20,8 @@
 #ifndef SEQUIN_CDC_CATALOG_H
 #define SEQUIN_CDC_CATALOG_H
 
-/* The extension's schema, which holds every table below */
+/* The extension, and its schema, which holds every table below */
+#define SEQUIN_CDC_EXTENSION		"sequin_cdc"
 #define SEQUIN_CDC_SCHEMA			"sequin_cdc"
 
 /* ----------------------------------------------------------------
@@ -31,6 +32,9 @@
 #define SEQUIN_CDC_SLOTS_TABLE		"slots"
 #define SEQUIN_CDC_SLOTS_QUALIFIED	"sequin_cdc.slots"
 #define SEQUIN_CDC_DATABASE_IDENTITY_QUALIFIED "sequin_cdc.database_identity"
+
+#define Anum_slots_slot_name		1
+#define Anum_slots_publication		2
 
 /* What a capture worker reads when it starts ($1: its slot), and where */
 #define SEQUIN_CDC_CAPTURE_CONFIG_QUERY \
@@ -134,5 +138,16 @@
 	"SELECT filter FROM sequin_cdc.change_retention " \
 	"WHERE source_table::oid = $1 AND change_table::oid = $2"
 #define Anum_rule_filter				1
+
+/* ----------------------------------------------------------------
+ * sinks and retention_policies: what DROP EXTENSION must not leave behind
+ * (ddl_guard.c reads the names of both, and the slots above)
+ * ----------------------------------------------------------------
+ */
+#define SEQUIN_CDC_SINKS_TABLE		"sinks"
+#define Anum_sinks_name				2
+
+#define SEQUIN_CDC_RETENTION_POLICIES_TABLE	"retention_policies"
+#define Anum_retention_policies_change_table	1
 
 #endif							/* SEQUIN_CDC_CATALOG_H */

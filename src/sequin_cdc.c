@@ -18,6 +18,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "ddl_guard.h"
 #include "sequin_cdc.h"
 #include "workers.h"
 
@@ -34,8 +35,8 @@ int			sequin_cdc_decoding_work_mem = 32768;
 static int	sequin_cdc_max_lag = 1024 * 1024;
 
 /*
- * Define the settings, install the shared-memory hooks and register the
- * launcher.  Loaded any other way (CREATE EXTENSION or a function call in
+ * Define the settings, install the shared-memory hooks and the DDL guard
+ * (ddl_guard.c), and register the launcher.  Loaded any other way (CREATE EXTENSION or a function call in
  * a server started without the library) it does nothing: every SQL entry
  * point then says how to fix it.
  */
@@ -77,5 +78,6 @@ _PG_init(void)
 	MarkGUCPrefixReserved("sequin_cdc");
 
 	sequin_cdc_shmem_init();
+	sequin_cdc_ddl_guard_init();
 	(void) sequin_cdc_start_worker(SEQUIN_WORKER_LAUNCHER, 0, InvalidOid, NULL, NULL);
 }

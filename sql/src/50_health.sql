@@ -159,6 +159,7 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT cr.id, cr.source_table, cr.change_table, s.publication,
+               EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = cr.source_table) AS present,
                sequin_cdc._publication_covers(s.publication, cr.source_table) AS covered,
                (SELECT string_agg(t.relid::regclass::text, ', ')
                   FROM sequin_cdc._tree(cr.source_table) t(relid) JOIN pg_class c ON c.oid = t.relid
@@ -167,6 +168,15 @@ BEGIN
           LEFT JOIN sequin_cdc.slots s ON s.slot_name = cr.slot_name
          ORDER BY cr.id
     LOOP
+        IF NOT r.present THEN
+            -- (left by a version before the DDL guard removed such rules)
+            check_name := format('source table of rule %s', r.id);
+            status := 'error';
+            detail := format('the table with OID %s no longer exists; a new table that reuses the OID would be captured: SELECT sequin_cdc.drop_change_retention(%s);',
+                             r.source_table::oid, r.id);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         check_name := format('publication covers %s', r.source_table);
         IF r.covered THEN
             status := 'ok'; detail := format('in publication %s', r.publication);
