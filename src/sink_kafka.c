@@ -140,7 +140,8 @@ static const char *const kf_reserved[] = {
  */
 static const char *const kf_server_side[] = {
 	"plugin.library.paths", "sasl.kerberos.kinit.cmd", "sasl.kerberos.keytab",
-	"ssl.engine.location", "ssl.ca.certificate.stores", "ssl_engine_callback_data",
+	"ssl.engine.location", "ssl.engine.id", "ssl.providers",
+	"ssl.ca.certificate.stores", "ssl_engine_callback_data",
 };
 
 /* ----------------------------------------------------------------
@@ -306,6 +307,31 @@ kf_server_side_property(const char *name)
 }
 
 /*
+ * librdkafka's log lines until the worker's producer exists (a check at
+ * create time): none, in particular not on the server's standard error.
+ */
+static void
+kf_log_drop(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+}
+
+/*
+ * The worker's producer's log lines, served by rd_kafka_poll (log.queue),
+ * in the worker's thread: warnings and worse go to the server log, with
+ * property values taken out.
+ */
+static void
+kf_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	KafkaState *st = (KafkaState *) rd_kafka_opaque(rk);
+
+	if (level <= 4)
+		ereport(LOG,
+				(errmsg("sequin_cdc kafka producer: %s: %s", fac,
+						kf_redact(&st->conf, buf))));
+}
+
+/*
  * The producer configuration of a sink: our settings, the user's
  * properties (checked by librdkafka), idempotence.  Errors (with
  * errcode and hint, and no property value) on a bad one; sink_name is
@@ -316,7 +342,7 @@ kf_build_conf(const KafkaConfig *c, const char *sink_name)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
-	const char *what = sink_name ? psprintf("sink \"%s\" has", sink_name) : "";
+	const char *what = sink_name ? psprintf("sink \"%s\": ", sink_name) : "";
 	const char *problem;
 
 #define KF_SET(name, value) \
@@ -370,7 +396,7 @@ kf_build_conf(const KafkaConfig *c, const char *sink_name)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 res == RD_KAFKA_CONF_UNKNOWN ?
 					 errmsg("%sunknown Kafka property \"%s\"", what, name) :
-					 errmsg("%san invalid value for Kafka property \"%s\"", what, name),
+					 errmsg("%sinvalid value for Kafka property \"%s\"", what, name),
 					 errdetail("librdkafka: %s", kf_redact(c, errstr)),
 					 errhint("properties are librdkafka's (see its CONFIGURATION.md), e.g. '{\"security.protocol\": \"SASL_SSL\", \"sasl.mechanism\": \"PLAIN\"}'.")));
 		}
@@ -378,6 +404,7 @@ kf_build_conf(const KafkaConfig *c, const char *sink_name)
 	KF_SET("enable.idempotence", "true");
 	KF_SET("acks", "all");
 	KF_SET("log.queue", "true");
+	rd_kafka_conf_set_log_cb(conf, kf_log_drop);
 #undef KF_SET
 	return conf;
 }
@@ -399,7 +426,7 @@ kf_new_producer(const KafkaConfig *c, rd_kafka_conf_t *conf, const char *sink_na
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%sinvalid Kafka producer configuration",
-						sink_name ? psprintf("sink \"%s\" has an ", sink_name) : ""),
+						sink_name ? psprintf("sink \"%s\": ", sink_name) : ""),
 				 errdetail("librdkafka: %s", kf_redact(c, errstr)),
 				 errhint("Check properties against librdkafka's CONFIGURATION.md.")));
 	}
@@ -525,17 +552,6 @@ kf_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		snprintf(st->error, sizeof(st->error), "%s", reason);
 }
 
-/*
- * librdkafka's log lines, served by rd_kafka_poll (log.queue): warnings
- * and worse go to the server log.
- */
-static void
-kf_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-	if (level <= 4)
-		ereport(LOG,
-				(errmsg("sequin_cdc kafka producer: %s: %s", fac, buf)));
-}
 
 /* SinkType.create: the state; the producer is made at the first delivery. */
 static void *
@@ -782,8 +798,12 @@ kf_deliver(void *state, const SinkConfig *sink, const SinkBatch *batch,
 			break;
 		(void) rd_kafka_poll(st->rk, 0);
 	}
-	/* every message queued has its report before the next attempt */
-	while (st->outstanding > 0 && !kf_stop_requested())
+	/*
+	 * Every message queued has its report before the next attempt, unless
+	 * the producer can no longer send anything (a fatal error).
+	 */
+	while (st->outstanding > 0 && !kf_stop_requested() &&
+		   rd_kafka_fatal_error(st->rk, NULL, 0) == RD_KAFKA_RESP_ERR_NO_ERROR)
 		(void) rd_kafka_poll(st->rk, KF_POLL_MS);
 
 	r->outcome = SINK_RETRY;

@@ -14,11 +14,11 @@ ALTER TABLE sequin_cdc.sinks
     ADD COLUMN kafka_properties jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(kafka_properties) = 'object');
 ALTER TABLE sequin_cdc.sinks ALTER COLUMN url DROP NOT NULL;
 ALTER TABLE sequin_cdc.sinks DROP CONSTRAINT sinks_url_check;
-ALTER TABLE sequin_cdc.sinks ADD CONSTRAINT sinks_type_columns_check CHECK (
+ALTER TABLE sequin_cdc.sinks ADD CONSTRAINT sinks_type_columns_check CHECK (coalesce(
     CASE type
         WHEN 'webhook' THEN url ~* '^https?://' AND kafka_brokers IS NULL AND kafka_topic IS NULL
         ELSE url IS NULL AND kafka_brokers IS NOT NULL AND kafka_topic IS NOT NULL AND kafka_key IS NOT NULL
-    END);
+    END, false));
 COMMENT ON TABLE sequin_cdc.sinks IS
     'Sinks (webhook or kafka): endpoint, headers or Kafka properties (secret), batch size, timeout, state, cursor (last delivered seq) and delivery statistics. Not readable by PUBLIC; row level security limits other roles to their own sinks.';
 

@@ -12,8 +12,8 @@
 #    nothing lost, and a change sent twice (delivery is at-least-once) has
 #    the same idempotency_key and value;
 #  - replay_sink_from_seq re-sends exactly the window, in order;
-#  - a message the brokers can never accept pauses the sink, with the reason
-#    in pg_stat_sinks;
+#  - a message the brokers can never accept, and a fatal producer error,
+#    pause the sink, with the reason in pg_stat_sinks;
 #  - bad configuration: errors with errcodes at create time;
 #  - a secret property is in no view, no error and no log line;
 #  - a role that cannot read a change table cannot make a sink of it, nor
@@ -292,6 +292,24 @@ is(sink_stat('cursor_seq < (SELECT max(seq) FROM sequin_cdc.changes)', 'small'),
 $node->safe_psql('postgres', q{SELECT sequin_cdc.drop_sink('small')});
 
 # ---------------------------------------------------------------------------
+# A fatal producer error (the brokers refuse its producer id) pauses the
+# sink, with the reason in pg_stat_sinks
+# ---------------------------------------------------------------------------
+kill 'HUP', $broker_pid;
+wait_until('broker armed', sub { `cat $dir/broker.err` =~ /the next InitProducerId fails/ });
+$node->safe_psql('postgres', qq{
+	SELECT sequin_cdc.create_kafka_sink('fenced', '$brokers', 'fixed', key => 'none')});
+$node->safe_psql('postgres', q{INSERT INTO src VALUES (100003, 0, 'fatal')});
+ok(SequinNode::poll_until($node, 'postgres',
+		q{SELECT state = 'paused' AND last_error LIKE 'fatal Kafka producer error: %' FROM sequin_cdc.pg_stat_sinks WHERE name = 'fenced'},
+		timeout => 90),
+	'a fatal producer error pauses the sink, its reason in pg_stat_sinks');
+ok(SequinNode::poll_until($node, 'postgres',
+		q{SELECT worker_pid IS NULL FROM sequin_cdc.pg_stat_sinks WHERE name = 'fenced'}, timeout => 30),
+	'and its worker stops');
+$node->safe_psql('postgres', q{SELECT sequin_cdc.drop_sink('fenced')});
+
+# ---------------------------------------------------------------------------
 # Bad configuration
 # ---------------------------------------------------------------------------
 sub create_error
@@ -316,6 +334,15 @@ create_error(qq{'$brokers', 't', batch_size => 0}, 'batch_size 0', '22023', 'bat
 create_error(qq{'$brokers', 't', change_table => 'src'}, 'not a change table', '42809', 'not a change table');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM sequin_cdc.sinks WHERE name = 'bad'}), '0',
 	'no sink made by a failed create');
+for my $row ("'webhook', NULL, NULL, NULL", "'kafka', NULL, NULL, 't'",
+	"'kafka', 'http://x/', '127.0.0.1:1', 't'")
+{
+	my ($rc, $out, $err) = $node->psql('postgres', qq{
+		INSERT INTO sequin_cdc.sinks (name, change_table, cursor_seq, type, url, kafka_brokers, kafka_topic, kafka_key)
+		VALUES ('raw', 'sequin_cdc.changes', 0, $row, 'none')});
+	like($err, qr/violates check constraint "sinks_type_columns_check"/,
+		"a row of type, url, brokers, topic ($row) is refused by the table");
+}
 
 # ---------------------------------------------------------------------------
 # Secrets

@@ -12,8 +12,10 @@
  * used), prints the bootstrap address ("127.0.0.1:port,...") on one line
  * of standard output and runs until SIGTERM or SIGINT.  SIGUSR1 takes
  * every broker down (connections are closed and refused: a broker stopped
- * mid-stream), SIGUSR2 brings them up again; each change is reported on
- * standard error.  Its data lives in memory only.
+ * mid-stream), SIGUSR2 brings them up again; SIGHUP makes the next
+ * InitProducerId request fail with CLUSTER_AUTHORIZATION_FAILED, which is
+ * fatal to the idempotent producer that sent it.  Each of these is
+ * reported on standard error.  Its data lives in memory only.
  *
  *-------------------------------------------------------------------------
  */
@@ -28,6 +30,10 @@
 
 static volatile sig_atomic_t stop_requested = 0;
 static volatile sig_atomic_t want_down = 0;
+static volatile sig_atomic_t want_fatal = 0;
+
+/* The Kafka protocol's InitProducerId request (rdkafka_protocol.h, not public) */
+#define API_KEY_INIT_PRODUCER_ID	22
 
 static void
 on_stop(int sig)
@@ -48,6 +54,13 @@ on_up(int sig)
 {
 	(void) sig;
 	want_down = 0;
+}
+
+static void
+on_fatal(int sig)
+{
+	(void) sig;
+	want_fatal = 1;
 }
 
 static void
@@ -130,6 +143,8 @@ main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = on_up;
 	sigaction(SIGUSR2, &sa, NULL);
+	sa.sa_handler = on_fatal;
+	sigaction(SIGHUP, &sa, NULL);
 
 	printf("%s\n", rd_kafka_mock_cluster_bootstraps(mc));
 	fflush(stdout);
@@ -144,6 +159,13 @@ main(int argc, char **argv)
 			else
 				rd_kafka_mock_broker_set_up(mc, -1);
 			fprintf(stderr, "kafka_mock_broker: brokers %s\n", is_down ? "down" : "up");
+		}
+		if (want_fatal)
+		{
+			want_fatal = 0;
+			rd_kafka_mock_push_request_errors(mc, API_KEY_INIT_PRODUCER_ID, 1,
+											  RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED);
+			fprintf(stderr, "kafka_mock_broker: the next InitProducerId fails\n");
 		}
 		usleep(50 * 1000);
 	}
