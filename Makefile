@@ -20,7 +20,8 @@ OBJS = \
 	src/run_as.o \
 	src/sink_api.o \
 	src/sink_worker.o \
-	src/sink_webhook.o
+	src/sink_webhook.o \
+	src/sink_kafka.o
 
 EXTENSION = sequin_cdc
 EXTVERSION = 0.4.0
@@ -34,7 +35,7 @@ PGFILEDESC = "sequin_cdc - change data capture into change tables"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
-SHLIB_LINK = -lcurl
+SHLIB_LINK = -lcurl -lrdkafka
 
 # pg_regress: inputs in test/sql, expected output in the top-level expected/.
 # `make installcheck` runs them on a temporary server of pg_regress's own

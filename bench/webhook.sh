@@ -17,7 +17,16 @@
 #      change table, then joins the receiver's log with the change rows:
 #      source commit -> receiver (end to end), and change row written ->
 #      receiver (the sink alone), p50/p99/max;
-#   4. prints the figures.
+#   4. the same for a Kafka sink (when librdkafka-dev and kcat are there):
+#      into test/tools/kafka_mock_broker (librdkafka's mock cluster, one
+#      broker, 3 partitions per topic, on 127.0.0.1): batch_size 1000
+#      throughput over the same rows (rewind's commit -> the cursor at the
+#      last seq, which moves only once every message of a batch was
+#      acknowledged by the broker), and latency at LAT_RATE changes/s:
+#      source commit -> the message's timestamp (set by the producer when
+#      the sink hands it to librdkafka, i.e. before the broker's ack),
+#      read back with kcat;
+#   5. prints the figures.
 #
 # Usage (as root or a sudoer, like test/run.sh):
 #   bash bench/webhook.sh
@@ -114,6 +123,36 @@ for bs in 1 100 1000; do
 done
 
 # ---------------------------------------------------------------------------
+# Kafka: the mock broker, and throughput at batch_size 1000
+# ---------------------------------------------------------------------------
+KAFKA=0
+if [[ -f /usr/include/librdkafka/rdkafka_mock.h ]] && command -v kcat >/dev/null 2>&1; then
+    KAFKA=1
+    cc -Wall -Wextra -Werror -O2 -o "$WORK_DIR/kafka_mock_broker" \
+        "$SEQUIN_REPO_TOP/test/tools/kafka_mock_broker.c" -lrdkafka
+    "$WORK_DIR/kafka_mock_broker" -p 3 -t bench -t public.orders >"$WORK_DIR/brokers" 2>/dev/null &
+    BENCH_PIDS+=("$!")
+    for ((i = 0; i < 100; i++)); do [[ -s "$WORK_DIR/brokers" ]] && break; sleep 0.05; done
+    BROKERS=$(cat "$WORK_DIR/brokers")
+    n=$N_1000
+    psql_bench -c "SELECT sequin_cdc.create_kafka_sink('ktp', '$BROKERS', 'bench', 'public.bench_changes', batch_size => 1000)" >/dev/null
+    sleep 1
+    t0=$(date +%s.%N)
+    psql_bench -c "SELECT sequin_cdc.replay_sink_from_seq('ktp', $((max_n - n + 1)))" >/dev/null
+    for ((i = 0; i < 6000; i++)); do
+        [[ $(psql_bench -c "SELECT cursor_seq >= $max_n OR state = 'paused' FROM sequin_cdc.pg_stat_sinks WHERE name = 'ktp'") == t ]] && break
+        sleep 0.1
+    done
+    t1=$(date +%s.%N)
+    IFS='|' read -r k_cursor k_failed k_error < <(psql_bench -c "SELECT cursor_seq, failed_attempts, last_error FROM sequin_cdc.pg_stat_sinks WHERE name = 'ktp'")
+    psql_bench -c "SELECT sequin_cdc.drop_sink('ktp')" >/dev/null
+    (( k_cursor >= max_n )) || { echo "kafka: the cursor stopped at $k_cursor of $max_n: $k_error" >&2; exit 1; }
+    k_secs=$(fmt "$(elapsed "$t0" "$t1")" 2)
+    k_rate=$(fmt "$(calc "$n / ($t1 - $t0)")")
+    log "kafka batch size 1000: $n changes in $k_secs s = $k_rate changes/s ($k_failed failed attempts)"
+fi
+
+# ---------------------------------------------------------------------------
 # Latency under LAT_RATE changes/s
 # ---------------------------------------------------------------------------
 psql_bench <<'SQL' >/dev/null
@@ -164,6 +203,43 @@ SQL
 )
 tps=$(perl -ne 'if (/^tps = ([\d.]+)/) { printf "%.0f", $1; last }' "$WORK_DIR/pgbench.log")
 
+# Kafka latency: the same load again, into a Kafka sink (batch_size 1000)
+if [[ $KAFKA == 1 ]]; then
+    psql_bench -c "SELECT sequin_cdc.drop_sink('lat')" >/dev/null
+    k_first=$(psql_bench -c "SELECT coalesce(max(seq), 0) + 1 FROM order_changes")
+    psql_bench -c "SELECT sequin_cdc.create_kafka_sink('klat', '$BROKERS', '{schema}.{table}', 'public.order_changes')" >/dev/null
+    sleep 1
+    log "kafka latency: $LAT_RATE changes/s for $LAT_SECONDS s"
+    as_run_user "$PG_BINDIR/pgbench" -n -c 4 -j 2 -R "$LAT_RATE" -T "$LAT_SECONDS" -f "$WORK_DIR/load.sql" bench \
+        >"$WORK_DIR/pgbench_kafka.log" 2>&1
+    psql_bench -c "SELECT sequin_cdc.wait_for_capture('bench_slot', '60s')" >/dev/null
+    k_last=$(psql_bench -c "SELECT max(seq) FROM order_changes")
+    for ((i = 0; i < 600; i++)); do
+        [[ $(psql_bench -c "SELECT cursor_seq >= $k_last FROM sequin_cdc.pg_stat_sinks WHERE name = 'klat'") == t ]] && break
+        sleep 0.1
+    done
+    # seq and message timestamp (ms) of every message, read_committed
+    kcat -C -b "$BROKERS" -t public.orders -X isolation.level=read_committed -e -q \
+        -f '%T %h\n' 2>/dev/null |
+        perl -ne 'print "$2\t$1\n" if /^(\d+) .*\bseq=(\d+)/' >"$WORK_DIR/klat.tsv"
+    chmod a+r "$WORK_DIR/klat.tsv"
+    IFS='|' read -r k_n k_dup k_p50 k_p99 k_max < <(psql_bench <<SQL
+CREATE TEMP TABLE k_arrivals (seq bigint, ms bigint);
+\copy k_arrivals FROM '$WORK_DIR/klat.tsv'
+WITH first AS (SELECT seq, min(ms) AS ms FROM k_arrivals WHERE seq >= $k_first GROUP BY seq),
+     l AS (SELECT extract(epoch FROM to_timestamp(f.ms / 1e3) - c.committed_at) * 1000 AS e2e
+             FROM first f JOIN order_changes c USING (seq))
+SELECT count(*), (SELECT count(*) FROM k_arrivals WHERE seq >= $k_first) - count(*),
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY e2e)::numeric, 1),
+       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY e2e)::numeric, 1),
+       round(max(e2e)::numeric, 1)
+  FROM l;
+SQL
+)
+    k_total=$(psql_bench -c "SELECT count(*) FROM order_changes WHERE seq >= $k_first")
+    k_tps=$(perl -ne 'if (/^tps = ([\d.]+)/) { printf "%.0f", $1; last }' "$WORK_DIR/pgbench_kafka.log")
+fi
+
 cat <<EOF
 
 sequin_cdc webhook sink benchmark ($(machine_summary), $(curl-config --version 2>/dev/null || echo libcurl))
@@ -183,3 +259,17 @@ sequin_cdc webhook sink benchmark ($(machine_summary), $(curl-config --version 2
      capture worker's write; inserted_at is the start of that write transaction)
   goals               >= 50000 changes/s at batch_size 1000; p99 < 250 ms
 EOF
+if [[ $KAFKA == 1 ]]; then
+    cat <<EOF
+
+  kafka sink (librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?') into test/tools/kafka_mock_broker on 127.0.0.1: 1 broker, 3 partitions; idempotent producer, acks=all)
+    batch_size 1000   $k_rate changes/s   ($N_1000 changes in $k_secs s, $k_failed failed attempts; the webhook above: ${rate[1000]} changes/s)
+    latency at $k_tps changes/s (pgbench as above, $LAT_SECONDS s; sink batch_size 1000)
+    changes           $k_n of $k_total delivered, $k_dup sent twice
+    source commit -> message timestamp   p50 $k_p50 ms   p99 $k_p99 ms   max $k_max ms
+    (the message timestamp is the producer's, taken when the sink hands the
+     message to librdkafka; the broker's acknowledgement comes after)
+EOF
+else
+    echo "  kafka sink: skipped (librdkafka-dev or kcat not installed)"
+fi

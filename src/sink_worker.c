@@ -99,15 +99,16 @@
 /* The sink types this library knows, by the name the sink's row gives */
 static const SinkType *const sw_types[] = {
 	&sequin_cdc_webhook_sink_type,
+	&sequin_cdc_kafka_sink_type,
 };
 
 /*
- * The sink's type, as a name.  sequin_cdc.sinks has no type column yet:
- * every sink is a webhook, its url an http(s) URL (a CHECK constraint).
- * The second sink type (Kafka, issue 14) adds the column, and this
- * expression becomes s.type.
+ * The sink's type, as a name: its type column.  A library newer than the
+ * extension's SQL (before ALTER EXTENSION UPDATE) finds no such column:
+ * every sink of 0.3.0 is a webhook, its url an http(s) URL.
  */
-#define SW_KIND_SQL \
+#define SW_KIND_SQL "s.type"
+#define SW_KIND_SQL_0_3 \
 	"CASE WHEN s.url OPERATOR(pg_catalog.~*) '^https?://' THEN 'webhook' END"
 
 /* Columns of the configuration query (sw_load_config) */
@@ -233,6 +234,15 @@ sw_find_type(const char *kind)
 	return NULL;				/* keep the compiler quiet */
 }
 
+/* The expression of the sink's type over sequin_cdc.sinks s (SW_KIND_SQL) */
+static const char *
+sw_kind_sql(void)
+{
+	Oid			sinks = get_relname_relid("sinks", get_namespace_oid("sequin_cdc", false));
+
+	return get_attnum(sinks, "type") != InvalidAttrNumber ? SW_KIND_SQL : SW_KIND_SQL_0_3;
+}
+
 /*
  * At the first step: find the sink's type, create its state and prepare
  * the configuration query, the common columns followed by the type's.
@@ -246,9 +256,10 @@ sw_choose_type(void)
 	Datum		args[1] = {Int64GetDatum(cfg.id)};
 	const SinkType *type;
 	char	   *kind;
+	const char *kind_sql = sw_kind_sql();
 
-	if (SPI_execute_with_args("SELECT " SW_KIND_SQL " FROM sequin_cdc.sinks s "
-							  "WHERE s.id OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args(psprintf("SELECT %s FROM sequin_cdc.sinks s "
+									   "WHERE s.id OPERATOR(pg_catalog.=) $1", kind_sql),
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the sink's type");
 	if (SPI_processed != 1)
@@ -257,11 +268,11 @@ sw_choose_type(void)
 	type = sw_find_type(kind);
 
 	(void) sw_plan(&config_plan,
-				   psprintf("SELECT s.name, " SW_KIND_SQL ", "
+				   psprintf("SELECT s.name, %s, "
 							"s.change_table::pg_catalog.oid, s.batch_size, s.state, "
 							"s.cursor_seq, s.replay_epoch, s.owner::pg_catalog.oid, %s "
 							"FROM sequin_cdc.sinks s WHERE s.id OPERATOR(pg_catalog.=) $1",
-							type->config_columns),
+							kind_sql, type->config_columns),
 				   1, argtypes);
 	type_state = type->create(&cfg, worker_cxt);
 	sink_type = type;

@@ -7,7 +7,7 @@
  * the sink's row, reads the next batch after the cursor as the sink's
  * owner, renders each change as its JSON element, moves the cursor after
  * a delivery, records failures and retries with backoff.  A sink type
- * (sink_webhook.c; Kafka next) only sends a batch somewhere: it is a
+ * (sink_webhook.c, sink_kafka.c) only sends a batch somewhere: it is a
  * SinkType, listed in the worker's table of types.
  *
  *-------------------------------------------------------------------------
@@ -125,6 +125,7 @@ typedef struct SinkType
 
 /* The sink types (one file each), listed in sink_worker.c */
 extern const SinkType sequin_cdc_webhook_sink_type;
+extern const SinkType sequin_cdc_kafka_sink_type;
 
 extern PGDLLEXPORT void sequin_cdc_sink_main(Datum arg);
 extern bool sequin_cdc_sinks_table_exists(void);

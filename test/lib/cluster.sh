@@ -90,6 +90,8 @@ _missing_deps() {
     if [[ ! -f /usr/include/x86_64-linux-gnu/curl/curl.h ]] && ! command -v curl-config >/dev/null 2>&1; then
         echo "libcurl headers"
     fi
+    [[ -f /usr/include/librdkafka/rdkafka_mock.h ]] || echo "librdkafka headers"
+    command -v kcat >/dev/null 2>&1 || echo "kcat"
     perl -MIPC::Run -e 1 >/dev/null 2>&1 || echo "perl IPC::Run"
     command -v make >/dev/null 2>&1 || echo "make"
     command -v gcc >/dev/null 2>&1 || echo "gcc"
@@ -103,7 +105,7 @@ ensure_deps() {
         missing="$(_missing_deps)"
         if [[ -n "$missing" ]]; then
             log "missing: $(paste -sd, <<<"$missing"); installing packages"
-            local -a pkgs=(libcurl4-openssl-dev libipc-run-perl make gcc)
+            local -a pkgs=(libcurl4-openssl-dev librdkafka-dev kcat libipc-run-perl make gcc)
             if [[ -n "$DEBIAN_PG_MAJOR" ]]; then
                 local p
                 pkgs+=("postgresql-$DEBIAN_PG_MAJOR" "postgresql-server-dev-$DEBIAN_PG_MAJOR")
