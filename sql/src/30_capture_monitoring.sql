@@ -17,13 +17,17 @@ SELECT s.slot_name::text AS slot_name,
        st.last_error,
        st.last_error_time,
        s.active,
-       s.wal_status
+       s.wal_status,
+       f.last_error_sqlstate,
+       coalesce(f.failed_attempts, 0) AS failed_attempts,
+       f.next_attempt_at
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
+  LEFT JOIN sequin_cdc._capture_failures() f ON f.slot_name = s.slot_name::text
  WHERE s.plugin = 'sequin_cdc';
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot: its capture worker, counters, positions, lag and last error.';
+    'One row per sequin_cdc slot: its capture worker, counters, positions, lag, last error (state error while failed attempts are not followed by a success) and the next attempt while the launcher backs off.';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool
