@@ -485,6 +485,62 @@ typedef enum ApiStatsColumn
 	API_STATS_NCOLUMNS,
 } ApiStatsColumn;
 
+/* Fills the columns of one slot entry's row of a statistics function */
+typedef void (*ApiEntryColumns) (const CaptureSlotShared *e, Datum *values, bool *nulls);
+
+/*
+ * The body of the statistics functions over the slot entries: one row per
+ * entry in use, copied out of shared memory under the lock, its columns
+ * filled by fill.
+ */
+static Datum
+api_slot_entries_srf(FunctionCallInfo fcinfo, int ncolumns, ApiEntryColumns fill)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			n;
+	CaptureSlotShared *copy;
+	Datum	   *values = palloc(sizeof(Datum) * ncolumns);
+	bool	   *nulls = palloc(sizeof(bool) * ncolumns);
+
+	sequin_cdc_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	copy = sequin_cdc_copy_slot_entries(&n);
+	for (int i = 0; i < n; i++)
+	{
+		if (!copy[i].in_use)
+			continue;
+		memset(nulls, 0, sizeof(bool) * ncolumns);
+		fill(&copy[i], values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* One row of _capture_stats() */
+static void
+api_stats_columns(const CaptureSlotShared *e, Datum *values, bool *nulls)
+{
+	values[API_STATS_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
+	values[API_STATS_DATABASE] = ObjectIdGetDatum(e->dboid);
+	values[API_STATS_PID] = Int32GetDatum(e->pid);
+	nulls[API_STATS_PID] = e->pid == 0;
+	/* failed and not recovered since: 'error', retrying or not */
+	values[API_STATS_STATE] = CStringGetTextDatum(e->failures > 0 ? SEQUIN_CDC_STATE_ERROR :
+												  api_state_name(e->pid ? e->state : CAPTURE_STOPPED));
+	values[API_STATS_CHANGES] = Int64GetDatum((int64) e->changes_captured);
+	values[API_STATS_TRANSACTIONS] = Int64GetDatum((int64) e->transactions_captured);
+	values[API_STATS_LAST_DECODED_LSN] = LSNGetDatum(e->last_decoded_lsn);
+	nulls[API_STATS_LAST_DECODED_LSN] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
+	values[API_STATS_LAST_COMMIT_TIME] = TimestampTzGetDatum(e->last_commit_time);
+	nulls[API_STATS_LAST_COMMIT_TIME] = e->last_commit_time == 0;
+	values[API_STATS_ERRORS] = Int64GetDatum((int64) e->errors);
+	values[API_STATS_LAST_ERROR] = CStringGetTextDatum(e->last_error);
+	nulls[API_STATS_LAST_ERROR] = e->last_error[0] == '\0';
+	values[API_STATS_LAST_ERROR_TIME] = TimestampTzGetDatum(e->last_error_time);
+	nulls[API_STATS_LAST_ERROR_TIME] = e->last_error_time == 0;
+}
+
 /*
  * _capture_stats(): one row per slot the launcher serves, copied out of
  * shared memory.  The view pg_stat_capture joins it with
@@ -493,45 +549,7 @@ typedef enum ApiStatsColumn
 Datum
 sequin_cdc_capture_stats(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			n;
-	CaptureSlotShared *copy;
-
-	sequin_cdc_require_preload();
-	InitMaterializedSRF(fcinfo, 0);
-
-	copy = sequin_cdc_copy_slot_entries(&n);
-
-	for (int i = 0; i < n; i++)
-	{
-		CaptureSlotShared *e = &copy[i];
-		Datum		values[API_STATS_NCOLUMNS];
-		bool		nulls[API_STATS_NCOLUMNS];
-
-		if (!e->in_use)
-			continue;
-		memset(nulls, 0, sizeof(nulls));
-		values[API_STATS_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
-		values[API_STATS_DATABASE] = ObjectIdGetDatum(e->dboid);
-		values[API_STATS_PID] = Int32GetDatum(e->pid);
-		nulls[API_STATS_PID] = e->pid == 0;
-		/* failed and not recovered since: 'error', retrying or not */
-		values[API_STATS_STATE] = CStringGetTextDatum(e->failures > 0 ? SEQUIN_CDC_STATE_ERROR :
-													  api_state_name(e->pid ? e->state : CAPTURE_STOPPED));
-		values[API_STATS_CHANGES] = Int64GetDatum((int64) e->changes_captured);
-		values[API_STATS_TRANSACTIONS] = Int64GetDatum((int64) e->transactions_captured);
-		values[API_STATS_LAST_DECODED_LSN] = LSNGetDatum(e->last_decoded_lsn);
-		nulls[API_STATS_LAST_DECODED_LSN] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
-		values[API_STATS_LAST_COMMIT_TIME] = TimestampTzGetDatum(e->last_commit_time);
-		nulls[API_STATS_LAST_COMMIT_TIME] = e->last_commit_time == 0;
-		values[API_STATS_ERRORS] = Int64GetDatum((int64) e->errors);
-		values[API_STATS_LAST_ERROR] = CStringGetTextDatum(e->last_error);
-		nulls[API_STATS_LAST_ERROR] = e->last_error[0] == '\0';
-		values[API_STATS_LAST_ERROR_TIME] = TimestampTzGetDatum(e->last_error_time);
-		nulls[API_STATS_LAST_ERROR_TIME] = e->last_error_time == 0;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
+	return api_slot_entries_srf(fcinfo, API_STATS_NCOLUMNS, api_stats_columns);
 }
 
 /* The result columns of _capture_failures(), in order */
@@ -544,6 +562,18 @@ typedef enum ApiFailuresColumn
 	API_FAILURES_NCOLUMNS,
 } ApiFailuresColumn;
 
+/* One row of _capture_failures() */
+static void
+api_failures_columns(const CaptureSlotShared *e, Datum *values, bool *nulls)
+{
+	values[API_FAILURES_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
+	values[API_FAILURES_SQLSTATE] = CStringGetTextDatum(unpack_sql_state(e->last_sqlstate));
+	nulls[API_FAILURES_SQLSTATE] = e->last_sqlstate == 0;
+	values[API_FAILURES_ATTEMPTS] = Int32GetDatum(e->failures);
+	values[API_FAILURES_NEXT_ATTEMPT] = TimestampTzGetDatum(e->next_start);
+	nulls[API_FAILURES_NEXT_ATTEMPT] = e->failures == 0 || e->pid != 0 || e->next_start == 0;
+}
+
 /*
  * _capture_failures(): per slot the launcher serves, the SQLSTATE of its
  * last error, how many attempts in a row failed (0 once one succeeds) and,
@@ -553,32 +583,7 @@ typedef enum ApiFailuresColumn
 Datum
 sequin_cdc_capture_failures(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			n;
-	CaptureSlotShared *copy;
-
-	sequin_cdc_require_preload();
-	InitMaterializedSRF(fcinfo, 0);
-
-	copy = sequin_cdc_copy_slot_entries(&n);
-	for (int i = 0; i < n; i++)
-	{
-		CaptureSlotShared *e = &copy[i];
-		Datum		values[API_FAILURES_NCOLUMNS];
-		bool		nulls[API_FAILURES_NCOLUMNS];
-
-		if (!e->in_use)
-			continue;
-		memset(nulls, 0, sizeof(nulls));
-		values[API_FAILURES_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
-		values[API_FAILURES_SQLSTATE] = CStringGetTextDatum(unpack_sql_state(e->last_sqlstate));
-		nulls[API_FAILURES_SQLSTATE] = e->last_sqlstate == 0;
-		values[API_FAILURES_ATTEMPTS] = Int32GetDatum(e->failures);
-		values[API_FAILURES_NEXT_ATTEMPT] = TimestampTzGetDatum(e->next_start);
-		nulls[API_FAILURES_NEXT_ATTEMPT] = e->failures == 0 || e->pid != 0 || e->next_start == 0;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
+	return api_slot_entries_srf(fcinfo, API_FAILURES_NCOLUMNS, api_failures_columns);
 }
 
 /*

@@ -753,8 +753,9 @@ capture_succeeded(const char *slot_name)
  *
  * The logged entry is the error as raised, with its detail, hint and
  * context (slot, what the worker was doing, WAL position, transaction,
- * relation); no context callback of the decode and write path prints a
- * row's values.
+ * relation), but never a row's values: no context callback of the decode
+ * and write path prints them, and the detail of a constraint violation,
+ * which does ("Failing row contains ..."), is left out.
  */
 static void
 capture_failed(CaptureConfig *cfg, MemoryContext cxt)
@@ -768,13 +769,17 @@ capture_failed(CaptureConfig *cfg, MemoryContext cxt)
 	edata = CopyErrorData();
 	FlushErrorState();
 	error_context_stack = NULL;
-	AbortOutOfAnyTransaction();
 	LWLockReleaseAll();
 
+	/* recorded first: whatever happens next, the launcher backs off */
 	sequin_cdc_record_capture_failure(my_entry,
 									  edata->message ? edata->message : "unknown error",
 									  edata->sqlerrcode, &failures, &delay_ms);
+	AbortOutOfAnyTransaction();
 	edata->elevel = LOG;
+	/* a constraint's detail shows the row ("Failing row contains ..."): never logged */
+	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		edata->detail = NULL;
 	edata->message = psprintf("sequin_cdc capture of slot \"%s\" failed (attempt %d, next in %d.%03d s): %s",
 							  cfg->slot_name, failures, delay_ms / 1000, delay_ms % 1000,
 							  edata->message ? edata->message : "unknown error");

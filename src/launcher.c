@@ -45,6 +45,7 @@
  * How long to wait before the next attempt of a slot whose last `failures`
  * attempts failed in a row: restart_delay, doubled after each further
  * failure, at most restart_delay_max (but never less than restart_delay).
+ * Called by a failing worker (shmem.c) with its entry locked: no throw.
  */
 int
 sequin_cdc_restart_backoff(int failures)
@@ -52,8 +53,9 @@ sequin_cdc_restart_backoff(int failures)
 	int64		delay = sequin_cdc_restart_delay;
 	int64		cap = Max(sequin_cdc_restart_delay_max, sequin_cdc_restart_delay);
 
+	/* from 1 ms when restart_delay is 0: a worker that keeps failing backs off */
 	for (int i = 1; i < failures && delay < cap; i++)
-		delay *= 2;
+		delay = Max(delay, 1) * 2;
 	return (int) Min(delay, cap);
 }
 
