@@ -85,6 +85,12 @@ CREATE FUNCTION sequin_cdc._capture_stats(
 RETURNS SETOF record
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_capture_stats';
 
+CREATE FUNCTION sequin_cdc._capture_failures(
+    OUT slot_name text, OUT last_error_sqlstate text, OUT failed_attempts int,
+    OUT next_attempt_at timestamptz)
+RETURNS SETOF record
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_capture_failures';
+
 -- A table with its partitions (all levels), for coverage and identity checks.
 CREATE FUNCTION sequin_cdc._tree(source regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE
@@ -711,13 +717,17 @@ SELECT s.slot_name::text AS slot_name,
        s.active,
        s.wal_status,
        (SELECT count(*) FROM sequin_cdc.parked_changes p
-         WHERE p.slot_name = s.slot_name) AS parked
+         WHERE p.slot_name = s.slot_name) AS parked,
+       f.last_error_sqlstate,
+       coalesce(f.failed_attempts, 0) AS failed_attempts,
+       f.next_attempt_at
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
+  LEFT JOIN sequin_cdc._capture_failures() f ON f.slot_name = s.slot_name::text
  WHERE s.plugin = 'sequin_cdc' AND s.database = current_database();
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag, last error and parked changes (unresolved).';
+    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag, last error (state error while failed attempts are not followed by a success), parked changes (unresolved) and the next attempt while the launcher backs off.';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool
@@ -752,6 +762,34 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc.wait_for_capture(name, interval) IS
     'Waits until the slot (all slots of this database when null) has captured everything committed before the call; false on timeout.';
 
+------------------------------------------------------------------------------
+-- Failing capture workers: restart_capture, health()'s row about them
+------------------------------------------------------------------------------
+
+CREATE FUNCTION sequin_cdc.restart_capture(slot name) RETURNS void
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_restart_capture';
+COMMENT ON FUNCTION sequin_cdc.restart_capture(name) IS
+    'After fixing why the capture worker of a slot fails (pg_stat_capture.state = ''error''), starts its next attempt at commit instead of when the backoff ends.';
+
+-- A slot whose capture worker failed and has not recovered since: capture is
+-- stopped (nothing is confirmed past the failing change) until the cause is
+-- fixed. One row per such slot of this database.
+CREATE FUNCTION sequin_cdc._health_capture_errors()
+RETURNS TABLE (check_name text, status text, detail text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('capture %s', c.slot_name), 'error',
+           format('capture is stopped: %s attempts failed in a row, the last at %s: %s (SQLSTATE %s)%s; fix the cause (the server log has the context), then SELECT sequin_cdc.restart_capture(%L)',
+                  c.failed_attempts, c.last_error_time, c.last_error, c.last_error_sqlstate,
+                  coalesce(format('; next attempt at %s', c.next_attempt_at), ''), c.slot_name)
+      FROM sequin_cdc.slots s
+      JOIN sequin_cdc.pg_stat_capture c ON c.slot_name = s.slot_name::text
+     WHERE c.state = 'error'
+     ORDER BY c.slot_name
+$$;
+COMMENT ON FUNCTION sequin_cdc._health_capture_errors() IS
+    'Internal: the rows of health() about capture workers that keep failing.';
 ------------------------------------------------------------------------------
 -- Backfills
 ------------------------------------------------------------------------------
@@ -1560,7 +1598,9 @@ CREATE TABLE sequin_cdc.sinks (
     last_http_status int,
     last_error text,
     last_success_at timestamptz,
-    last_failure_at timestamptz
+    last_failure_at timestamptz,
+    -- a batch also stops growing before its elements would pass this size
+    max_batch_bytes int NOT NULL DEFAULT 8388608 CHECK (max_batch_bytes BETWEEN 1024 AND 268435456)
 );
 REVOKE ALL ON sequin_cdc.sinks FROM PUBLIC;
 REVOKE ALL ON SEQUENCE sequin_cdc.sinks_id_seq FROM PUBLIC;
@@ -1571,7 +1611,7 @@ CREATE POLICY sinks_of_own_roles ON sequin_cdc.sinks
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.sinks', '');
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.sinks_id_seq', '');
 COMMENT ON TABLE sequin_cdc.sinks IS
-    'Webhook sinks: endpoint, headers (secret), batch size, timeout, state, cursor (last delivered seq) and delivery statistics. Not readable by PUBLIC; row level security limits other roles to their own sinks.';
+    'Webhook sinks: endpoint, headers (secret), batch size and bytes, timeout, state, cursor (last delivered seq) and delivery statistics. Not readable by PUBLIC; row level security limits other roles to their own sinks.';
 
 CREATE FUNCTION sequin_cdc._sink_check_url(url text) RETURNS void
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_sink_check_url';
@@ -1644,7 +1684,8 @@ CREATE FUNCTION sequin_cdc.create_webhook_sink(
     change_table regclass DEFAULT 'sequin_cdc.changes',
     headers jsonb DEFAULT '{}',
     batch_size int DEFAULT 100,
-    timeout_ms int DEFAULT 5000)
+    timeout_ms int DEFAULT 5000,
+    max_batch_bytes int DEFAULT 8388608)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -1714,6 +1755,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'It is the longest one request may take, in milliseconds; the default is 5000.';
     END IF;
+    IF max_batch_bytes IS NULL OR max_batch_bytes < 1024 OR max_batch_bytes > 268435456 THEN
+        RAISE EXCEPTION 'max_batch_bytes must be between 1024 and 268435456, not %', coalesce(max_batch_bytes::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the most bytes of changes sent in one request (a single larger change is sent alone); the default is 8388608 (8 MB).';
+    END IF;
     IF EXISTS (SELECT 1 FROM sequin_cdc.sinks k WHERE k.name = create_webhook_sink.name) THEN
         RAISE EXCEPTION 'sink "%" already exists', name
             USING ERRCODE = 'duplicate_object',
@@ -1724,9 +1770,11 @@ BEGIN
     -- what the change table already holds.
     EXECUTE format('SELECT coalesce(max(seq), 0) FROM %s', change_table) INTO start_seq;
     BEGIN
-        INSERT INTO sequin_cdc.sinks AS k (name, url, change_table, headers, batch_size, timeout_ms, cursor_seq)
+        INSERT INTO sequin_cdc.sinks AS k (name, url, change_table, headers, batch_size, timeout_ms, cursor_seq,
+                                           max_batch_bytes)
         VALUES (create_webhook_sink.name, create_webhook_sink.url, create_webhook_sink.change_table,
-                v_headers, create_webhook_sink.batch_size, create_webhook_sink.timeout_ms, start_seq)
+                v_headers, create_webhook_sink.batch_size, create_webhook_sink.timeout_ms, start_seq,
+                create_webhook_sink.max_batch_bytes)
         RETURNING k.id INTO sink_id;
     EXCEPTION WHEN unique_violation THEN
         -- a sink of another role, which row level security hides
@@ -1738,8 +1786,8 @@ BEGIN
     RETURN sink_id;
 END
 $fn$;
-COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, int, int) IS
-    'Creates a webhook sink: a background worker POSTs the changes committed to change_table from now on, in seq order, up to batch_size per request, as {"data": [...]} with the given headers; each request may take timeout_ms. Returns the sink id.';
+COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, int, int, int) IS
+    'Creates a webhook sink: a background worker POSTs the changes committed to change_table from now on, in seq order, up to batch_size changes and about max_batch_bytes per request (a single larger change goes alone), as {"data": [...]} with the given headers; each request may take timeout_ms. Returns the sink id.';
 
 CREATE FUNCTION sequin_cdc.drop_sink(name text) RETURNS void
 LANGUAGE plpgsql
@@ -2368,6 +2416,7 @@ BEGIN
     RETURN QUERY SELECT * FROM sequin_cdc._health_wal_level();
     RETURN QUERY SELECT * FROM sequin_cdc._health_output_plugin();
     RETURN QUERY SELECT * FROM sequin_cdc._health_slots();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_capture_errors();
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_rules();
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_policies();
     RETURN QUERY SELECT * FROM sequin_cdc._health_sinks();

@@ -2,7 +2,8 @@
  *
  * api.c
  *		SQL-callable functions written in C: slots, filter validation, and
- *		the statistics behind pg_stat_capture.
+ *		the statistics behind pg_stat_capture (with the failures and
+ *		backoff of its workers).
  *
  * The rest of the SQL API is PL/pgSQL in sql/sequin_cdc--*.sql; what needs
  * the slot machinery, the parser or shared memory is here.
@@ -57,6 +58,8 @@ PG_FUNCTION_INFO_V1(sequin_cdc_validate_filter);
 PG_FUNCTION_INFO_V1(sequin_cdc_validate_backfill_where);
 PG_FUNCTION_INFO_V1(sequin_cdc_invalidate_relation);
 PG_FUNCTION_INFO_V1(sequin_cdc_capture_stats);
+PG_FUNCTION_INFO_V1(sequin_cdc_capture_failures);
+PG_FUNCTION_INFO_V1(sequin_cdc_restart_capture);
 PG_FUNCTION_INFO_V1(sequin_cdc_plugin_allowed);
 
 /* _check_preload(): errors, with a hint, unless the library was preloaded */
@@ -609,6 +612,62 @@ typedef enum ApiStatsColumn
 	API_STATS_NCOLUMNS,
 } ApiStatsColumn;
 
+/* Fills the columns of one slot entry's row of a statistics function */
+typedef void (*ApiEntryColumns) (const CaptureSlotShared *e, Datum *values, bool *nulls);
+
+/*
+ * The body of the statistics functions over the slot entries: one row per
+ * entry in use, copied out of shared memory under the lock, its columns
+ * filled by fill.
+ */
+static Datum
+api_slot_entries_srf(FunctionCallInfo fcinfo, int ncolumns, ApiEntryColumns fill)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			n;
+	CaptureSlotShared *copy;
+	Datum	   *values = palloc(sizeof(Datum) * ncolumns);
+	bool	   *nulls = palloc(sizeof(bool) * ncolumns);
+
+	sequin_cdc_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	copy = sequin_cdc_copy_slot_entries(&n);
+	for (int i = 0; i < n; i++)
+	{
+		if (!copy[i].in_use)
+			continue;
+		memset(nulls, 0, sizeof(bool) * ncolumns);
+		fill(&copy[i], values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* One row of _capture_stats() */
+static void
+api_stats_columns(const CaptureSlotShared *e, Datum *values, bool *nulls)
+{
+	values[API_STATS_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
+	values[API_STATS_DATABASE] = ObjectIdGetDatum(e->dboid);
+	values[API_STATS_PID] = Int32GetDatum(e->pid);
+	nulls[API_STATS_PID] = e->pid == 0;
+	/* failed and not recovered since: 'error', retrying or not */
+	values[API_STATS_STATE] = CStringGetTextDatum(e->failures > 0 ? SEQUIN_CDC_STATE_ERROR :
+												  api_state_name(e->pid ? e->state : CAPTURE_STOPPED));
+	values[API_STATS_CHANGES] = Int64GetDatum((int64) e->changes_captured);
+	values[API_STATS_TRANSACTIONS] = Int64GetDatum((int64) e->transactions_captured);
+	values[API_STATS_LAST_DECODED_LSN] = LSNGetDatum(e->last_decoded_lsn);
+	nulls[API_STATS_LAST_DECODED_LSN] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
+	values[API_STATS_LAST_COMMIT_TIME] = TimestampTzGetDatum(e->last_commit_time);
+	nulls[API_STATS_LAST_COMMIT_TIME] = e->last_commit_time == 0;
+	values[API_STATS_ERRORS] = Int64GetDatum((int64) e->errors);
+	values[API_STATS_LAST_ERROR] = CStringGetTextDatum(e->last_error);
+	nulls[API_STATS_LAST_ERROR] = e->last_error[0] == '\0';
+	values[API_STATS_LAST_ERROR_TIME] = TimestampTzGetDatum(e->last_error_time);
+	nulls[API_STATS_LAST_ERROR_TIME] = e->last_error_time == 0;
+}
+
 /*
  * _capture_stats(): one row per slot the launcher serves, copied out of
  * shared memory.  The view pg_stat_capture joins it with
@@ -617,41 +676,77 @@ typedef enum ApiStatsColumn
 Datum
 sequin_cdc_capture_stats(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			n;
-	CaptureSlotShared *copy;
+	return api_slot_entries_srf(fcinfo, API_STATS_NCOLUMNS, api_stats_columns);
+}
+
+/* The result columns of _capture_failures(), in order */
+typedef enum ApiFailuresColumn
+{
+	API_FAILURES_SLOT_NAME,
+	API_FAILURES_SQLSTATE,
+	API_FAILURES_ATTEMPTS,
+	API_FAILURES_NEXT_ATTEMPT,
+	API_FAILURES_NCOLUMNS,
+} ApiFailuresColumn;
+
+/* One row of _capture_failures() */
+static void
+api_failures_columns(const CaptureSlotShared *e, Datum *values, bool *nulls)
+{
+	values[API_FAILURES_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
+	values[API_FAILURES_SQLSTATE] = CStringGetTextDatum(unpack_sql_state(e->last_sqlstate));
+	nulls[API_FAILURES_SQLSTATE] = e->last_sqlstate == 0;
+	values[API_FAILURES_ATTEMPTS] = Int32GetDatum(e->failures);
+	values[API_FAILURES_NEXT_ATTEMPT] = TimestampTzGetDatum(e->next_start);
+	nulls[API_FAILURES_NEXT_ATTEMPT] = e->failures == 0 || e->pid != 0 || e->next_start == 0;
+}
+
+/*
+ * _capture_failures(): per slot the launcher serves, the SQLSTATE of its
+ * last error, how many attempts in a row failed (0 once one succeeds) and,
+ * while the launcher backs off, when the next attempt starts.
+ * pg_stat_capture shows them next to _capture_stats()'s columns.
+ */
+Datum
+sequin_cdc_capture_failures(PG_FUNCTION_ARGS)
+{
+	return api_slot_entries_srf(fcinfo, API_FAILURES_NCOLUMNS, api_failures_columns);
+}
+
+/*
+ * restart_capture(slot): the capture worker of a sequin_cdc slot of this
+ * database failed and the launcher is backing off; once the cause is
+ * fixed, start the next attempt now rather than when the backoff ends.
+ * Takes effect at commit, so that the attempt sees the fix.  Needs the
+ * rights drop_slot() needs (REPLICATION, and the slots table).
+ */
+Datum
+sequin_cdc_restart_capture(PG_FUNCTION_ARGS)
+{
+	Name		slot = PG_GETARG_NAME(0);
+	ReplicationSlot *s;
+	bool		ours;
+	int			idx;
 
 	sequin_cdc_require_preload();
-	InitMaterializedSRF(fcinfo, 0);
+	api_check_slot_privilege(NameStr(*slot));
+	api_check_slots_table_privilege(NameStr(*slot), ACL_SELECT, "restart capture of");
 
-	copy = sequin_cdc_copy_slot_entries(&n);
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(NameStr(*slot), false);
+	ours = s && strcmp(NameStr(s->data.plugin), SEQUIN_CDC_PLUGIN) == 0 &&
+		s->data.database == MyDatabaseId;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (!ours)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("replication slot \"%s\" is not a sequin_cdc slot of this database", NameStr(*slot)),
+				 errhint("sequin_cdc.pg_stat_capture lists the slots of sequin_cdc.")));
 
-	for (int i = 0; i < n; i++)
-	{
-		CaptureSlotShared *e = &copy[i];
-		Datum		values[API_STATS_NCOLUMNS];
-		bool		nulls[API_STATS_NCOLUMNS];
-
-		if (!e->in_use)
-			continue;
-		memset(nulls, 0, sizeof(nulls));
-		values[API_STATS_SLOT_NAME] = CStringGetTextDatum(NameStr(e->slot_name));
-		values[API_STATS_DATABASE] = ObjectIdGetDatum(e->dboid);
-		values[API_STATS_PID] = Int32GetDatum(e->pid);
-		nulls[API_STATS_PID] = e->pid == 0;
-		values[API_STATS_STATE] = CStringGetTextDatum(api_state_name(e->pid ? e->state : CAPTURE_STOPPED));
-		values[API_STATS_CHANGES] = Int64GetDatum((int64) e->changes_captured);
-		values[API_STATS_TRANSACTIONS] = Int64GetDatum((int64) e->transactions_captured);
-		values[API_STATS_LAST_DECODED_LSN] = LSNGetDatum(e->last_decoded_lsn);
-		nulls[API_STATS_LAST_DECODED_LSN] = XLogRecPtrIsInvalid(e->last_decoded_lsn);
-		values[API_STATS_LAST_COMMIT_TIME] = TimestampTzGetDatum(e->last_commit_time);
-		nulls[API_STATS_LAST_COMMIT_TIME] = e->last_commit_time == 0;
-		values[API_STATS_ERRORS] = Int64GetDatum((int64) e->errors);
-		values[API_STATS_LAST_ERROR] = CStringGetTextDatum(e->last_error);
-		nulls[API_STATS_LAST_ERROR] = e->last_error[0] == '\0';
-		values[API_STATS_LAST_ERROR_TIME] = TimestampTzGetDatum(e->last_error_time);
-		nulls[API_STATS_LAST_ERROR_TIME] = e->last_error_time == 0;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
+	LWLockAcquire(sequin_cdc_shared->lock, LW_SHARED);
+	idx = sequin_cdc_find_slot_entry(NameStr(*slot));
+	LWLockRelease(sequin_cdc_shared->lock);
+	if (idx >= 0)
+		sequin_cdc_at_commit(SEQUIN_AT_COMMIT_RETRY_CAPTURE, idx);
+	PG_RETURN_VOID();
 }

@@ -38,6 +38,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/pg_publication.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -101,6 +102,12 @@ typedef struct CaptureBatch
 static int	my_index = -1;
 static CaptureSlotShared *my_entry = NULL;
 static LogicalDecodingContext *decoding_ctx = NULL;
+
+/* What the worker is doing, for its error context */
+#define CAPTURE_DOING_DECODING "decoding"
+static const char *capture_doing = "starting";
+
+static void capture_succeeded(const char *slot_name);
 
 /* Backfills of this slot may be running: look after their workers. */
 static bool backfills_active = false;
@@ -173,28 +180,33 @@ capture_detach(int code, Datum arg)
 	LWLockRelease(sequin_cdc_shared->lock);
 }
 
-/* errcontext: which slot, where in the WAL, which transaction and table */
+/*
+ * errcontext: which slot, what the worker was doing (capture_doing), where
+ * in the WAL, which transaction and table.  Never a row's values: this
+ * line is logged at every failed attempt.
+ */
 static void
 capture_error_context(void *arg)
 {
 	CaptureConfig *cfg = arg;
+	TransactionId xid = InvalidTransactionId;
+	const char *relname = NULL;
 
-	if (decoding_ctx && decoding_ctx->reader)
+	if (decoding_ctx == NULL || decoding_ctx->reader == NULL)
 	{
-		XLogRecPtr	lsn = decoding_ctx->reader->ReadRecPtr;
-		TransactionId xid;
-		const char *relname;
-
-		sequin_cdc_plugin_position(decoding_ctx, &xid, &relname);
-		if (TransactionIdIsValid(xid) && relname)
-			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X, transaction %u, relation \"%s\"",
-					   cfg->slot_name, LSN_FORMAT_ARGS(lsn), xid, relname);
-		else
-			errcontext("sequin_cdc capture of slot \"%s\" at %X/%X",
-					   cfg->slot_name, LSN_FORMAT_ARGS(lsn));
+		errcontext("sequin_cdc capture of slot \"%s\" (%s)", cfg->slot_name, capture_doing);
+		return;
 	}
+	if (strcmp(capture_doing, CAPTURE_DOING_DECODING) == 0)
+		sequin_cdc_plugin_position(decoding_ctx, &xid, &relname);
+	if (TransactionIdIsValid(xid) && relname)
+		errcontext("sequin_cdc capture of slot \"%s\" (%s), WAL position %X/%X, transaction %u, relation \"%s\"",
+				   cfg->slot_name, capture_doing,
+				   LSN_FORMAT_ARGS(decoding_ctx->reader->ReadRecPtr), xid, relname);
 	else
-		errcontext("sequin_cdc capture of slot \"%s\"", cfg->slot_name);
+		errcontext("sequin_cdc capture of slot \"%s\" (%s), WAL position %X/%X",
+				   cfg->slot_name, capture_doing,
+				   LSN_FORMAT_ARGS(decoding_ctx->reader->ReadRecPtr));
 }
 
 /*
@@ -237,6 +249,58 @@ capture_load_config(CaptureConfig *cfg, MemoryContext cxt)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	return ok;
+}
+
+/*
+ * The slot's publication must exist and cover every table with rules of
+ * the slot: capture stops with an error otherwise (recorded, retried after
+ * a backoff), rather than skip their changes.  Returns a WAL position read
+ * before the check: transactions that ended before it and were decoded
+ * without the publication (or the table in it) belong to a gap that is
+ * closed now, and the plugin captures them by the rules alone
+ * (plugin_relcache.c, relcache_unpublished).
+ */
+static XLogRecPtr
+capture_check_publication(CaptureConfig *cfg)
+{
+	XLogRecPtr	upto = GetXLogInsertRecPtr();
+	Oid			argtypes[2] = {NAMEOID, TEXTOID};
+	Datum		args[2];
+	NameData	n;
+	char	   *uncovered = NULL;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!OidIsValid(get_publication_oid(cfg->publication, true)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("publication \"%s\" of replication slot \"%s\" does not exist",
+						cfg->publication, cfg->slot_name),
+				 errdetail("Capture stops until it exists again; the slot is not confirmed past the first change made without it."),
+				 errhint("Create it again with sequin_cdc.create_publication(), covering the tables of the slot's rules, then call sequin_cdc.restart_capture('%s').",
+						 cfg->slot_name)));
+
+	namestrcpy(&n, cfg->slot_name);
+	args[0] = NameGetDatum(&n);
+	args[1] = CStringGetTextDatum(cfg->publication);
+	SPI_connect();
+	if (SPI_execute_with_args(SEQUIN_CDC_UNCOVERED_RULES_QUERY, 2, argtypes, args,
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the tables of publication \"%s\"", cfg->publication);
+	uncovered = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (uncovered != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("publication \"%s\" of replication slot \"%s\" does not cover %s, which have retention rules of the slot",
+						cfg->publication, cfg->slot_name, uncovered),
+				 errdetail("Capture stops until it covers them; the slot is not confirmed past the first change made without them."),
+				 errhint("Add them with ALTER PUBLICATION %s ADD TABLE, or drop their rules with sequin_cdc.drop_change_retention(), then call sequin_cdc.restart_capture('%s').",
+						 quote_identifier(cfg->publication), cfg->slot_name)));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return upto;
 }
 
 /*
@@ -352,6 +416,7 @@ decode_batch(LogicalDecodingContext *ctx, CaptureBatch *b, XLogRecPtr upto)
 	int			n = 0;
 
 	pgstat_report_activity(STATE_RUNNING, "decoding");
+	capture_doing = CAPTURE_DOING_DECODING;
 	set_decoding_flag(true);
 	while (ctx->reader->EndRecPtr < upto)
 	{
@@ -439,6 +504,7 @@ write_batch(CaptureConfig *cfg, CaptureBatch *b, bool retry)
 	uint64		rows;
 
 	pgstat_report_activity(STATE_RUNNING, "writing change rows");
+	capture_doing = "writing change rows";
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -457,6 +523,8 @@ write_batch(CaptureConfig *cfg, CaptureBatch *b, bool retry)
 		XLogFlush(XactLastCommitEnd);
 		sequin_cdc_wake_sinks(MyDatabaseId);
 	}
+
+	capture_succeeded(cfg->slot_name);
 
 	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
 	my_entry->changes_captured += rows;
@@ -480,12 +548,14 @@ confirm_progress(LogicalDecodingContext *ctx, CaptureBatch *b)
 {
 	XLogRecPtr	end = ctx->reader->EndRecPtr;
 
+	capture_doing = "confirming progress";
 	if (!XLogRecPtrIsInvalid(b->hold_lsn) && b->hold_lsn < end)
 		end = b->hold_lsn;
 	if (b->buffer->nrows == 0 && end > MyReplicationSlot->data.confirmed_flush)
 	{
 		LogicalConfirmReceivedLocation(end);
 		ReplicationSlotMarkDirty();
+		capture_succeeded(NameStr(MyReplicationSlot->data.name));
 	}
 
 	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
@@ -575,11 +645,13 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	CaptureBatch *b;
 	LogicalDecodingContext *ctx;
 	XLogRecPtr	written_upto;
+	XLogRecPtr	published_upto;
 	ReplOriginId origin;
 	List	   *options;
 	bool		caches_historic = false;
 	bool		retry = true;	/* requests may predate this worker */
 
+	published_upto = capture_check_publication(cfg);
 	origin = setup_origin(cfg->slot_name);
 	written_upto = replorigin_session_get_progress(false);
 	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
@@ -617,11 +689,15 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	 * update_progress callback: there is no remote end to keep alive, and
 	 * the loop confirms progress itself after each batch.
 	 */
-	options = list_make2(makeDefElem(SEQUIN_CDC_OPTION_PUBLICATION,
+	options = list_make3(makeDefElem(SEQUIN_CDC_OPTION_PUBLICATION,
 									 (Node *) makeString(cfg->publication), -1),
 						 makeDefElem(SEQUIN_CDC_OPTION_SKIP_UPTO,
 									 (Node *) makeString(psprintf("%X/%X",
 																  LSN_FORMAT_ARGS(written_upto))),
+									 -1),
+						 makeDefElem(SEQUIN_CDC_OPTION_PUBLISHED_UPTO,
+									 (Node *) makeString(psprintf("%X/%X",
+																  LSN_FORMAT_ARGS(published_upto))),
 									 -1));
 	ctx = CreateDecodingContext(InvalidXLogRecPtr, options, false,
 								XL_ROUTINE(.page_read = read_local_xlog_page,
@@ -637,7 +713,8 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 	InvalidateSystemCaches();
 
 	set_state(CAPTURE_STREAMING);
-	ereport(LOG,
+	/* a retry after a failure logs nothing more: the failure said it all */
+	ereport(my_entry->failures > 0 ? DEBUG1 : LOG,
 			(errmsg("sequin_cdc capture of slot \"%s\" started at %X/%X",
 					cfg->slot_name, LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush))));
 
@@ -707,10 +784,71 @@ capture_loop(CaptureConfig *cfg, MemoryContext cxt)
 }
 
 /*
+ * A batch was written or progress confirmed: a slot whose earlier attempts
+ * failed has recovered, its state and backoff start over.
+ */
+static void
+capture_succeeded(const char *slot_name)
+{
+	int			failures = sequin_cdc_record_capture_success(my_entry);
+
+	if (failures > 0)
+		ereport(LOG,
+				(errmsg("sequin_cdc capture of slot \"%s\" resumed after %d failed attempts",
+						slot_name, failures)));
+}
+
+/*
+ * The worker's top-level error handler: record the error in the slot's
+ * shared entry (pg_stat_capture's state 'error', last_error, the next
+ * attempt), log it as one entry that says which attempt failed and when
+ * the next one comes, then exit.  The exit is a clean one (code 0), so the
+ * postmaster adds no line of its own, and the launcher starts the next
+ * attempt after the backoff (launcher.c).  Nothing was confirmed past the
+ * failing change: the slot is confirmed only after a batch commits.
+ *
+ * The logged entry is the error as raised, with its detail, hint and
+ * context (slot, what the worker was doing, WAL position, transaction,
+ * relation), but never a row's values: no context callback of the decode
+ * and write path prints them, and the detail of a constraint violation,
+ * which does ("Failing row contains ..."), is left out.
+ */
+static void
+capture_failed(CaptureConfig *cfg, MemoryContext cxt)
+{
+	ErrorData  *edata;
+	int			failures;
+	int			delay_ms;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	error_context_stack = NULL;
+	LWLockReleaseAll();
+
+	/* recorded first: whatever happens next, the launcher backs off */
+	sequin_cdc_record_capture_failure(my_entry,
+									  edata->message ? edata->message : "unknown error",
+									  edata->sqlerrcode, &failures, &delay_ms);
+	AbortOutOfAnyTransaction();
+	edata->elevel = LOG;
+	/* a constraint's detail shows the row ("Failing row contains ..."): never logged */
+	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		edata->detail = NULL;
+	edata->message = psprintf("sequin_cdc capture of slot \"%s\" failed (attempt %d, next in %d.%03d s): %s",
+							  cfg->slot_name, failures, delay_ms / 1000, delay_ms % 1000,
+							  edata->message ? edata->message : "unknown error");
+	ThrowErrorData(edata);
+	RESUME_INTERRUPTS();
+	proc_exit(0);
+}
+
+/*
  * The capture worker's entry point (bgw_function_name): attach to the
  * slot's shared entry, connect, wait for the configuration, start the
- * slot's helpers and consume the slot.  An error is recorded for
- * pg_stat_capture before the worker dies with it; the launcher restarts it.
+ * slot's helpers and consume the slot.  An error ends the worker through
+ * capture_failed(); the launcher starts another after a backoff.
  */
 void
 sequin_cdc_capture_main(Datum arg)
@@ -779,21 +917,7 @@ sequin_cdc_capture_main(Datum arg)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		/* record the error for pg_stat_capture, then die with it */
-		HOLD_INTERRUPTS();
-		LWLockReleaseAll();
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
-		my_entry->errors++;
-		my_entry->last_error_time = GetCurrentTimestamp();
-		strlcpy(my_entry->last_error, edata->message ? edata->message : "unknown error",
-				SEQUIN_CDC_ERROR_LEN);
-		LWLockRelease(sequin_cdc_shared->lock);
-		RESUME_INTERRUPTS();
-		PG_RE_THROW();
+		capture_failed(&cfg, cxt);	/* does not return */
 	}
 	PG_END_TRY();
 

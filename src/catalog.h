@@ -43,6 +43,21 @@
 #define Anum_capture_config_publication	1
 #define Anum_capture_config_database_id	2
 
+/*
+ * The tables with retention rules of a slot ($1) that its publication ($2)
+ * does not cover now (not the table, nor a partition or an ancestor of
+ * it), as one text, or null; rules of dropped tables are left out.
+ */
+#define SEQUIN_CDC_UNCOVERED_RULES_QUERY \
+	"SELECT pg_catalog.string_agg(r.source_table::pg_catalog.text, ', ' ORDER BY r.id) " \
+	"FROM sequin_cdc." SEQUIN_CDC_RULES_TABLE " r " \
+	"WHERE r.slot_name OPERATOR(pg_catalog.=) $1 " \
+	"AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r.source_table) " \
+	"AND NOT EXISTS (SELECT FROM pg_catalog.pg_get_publication_tables($2) pt " \
+	"WHERE pt.relid IN (SELECT r.source_table::pg_catalog.oid " \
+	"UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(r.source_table) t " \
+	"UNION SELECT a.relid FROM pg_catalog.pg_partition_ancestors(r.source_table) a))"
+
 /* ----------------------------------------------------------------
  * backfills: one row per backfill, with its cursor (backfill.c)
  * ----------------------------------------------------------------

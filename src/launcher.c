@@ -6,7 +6,11 @@
  * The launcher needs no database connection.  Replication slots live in
  * shared memory, so it reads them directly: every logical slot whose output
  * plugin is sequin_cdc gets a capture worker in the slot's database.  A
- * worker that exits is restarted after sequin_cdc.restart_delay; a slot that
+ * worker that exits is restarted after sequin_cdc.restart_delay; one that
+ * failed (it records its error in its entry, capture.c) after a backoff
+ * that doubles with each failure in a row, up to
+ * sequin_cdc.restart_delay_max, and starts over once a worker makes
+ * progress; restart_capture() (at commit) cuts it short.  A slot that
  * disappears frees its entry; a slot being dropped by drop_slot() is left
  * alone.  Crashes of any process restart the whole server, and this
  * launcher (a static worker) with it, which restarts every capture worker.
@@ -36,6 +40,24 @@
 #include "compat.h"
 #include "sequin_cdc.h"
 #include "workers.h"
+
+/*
+ * How long to wait before the next attempt of a slot whose last `failures`
+ * attempts failed in a row: restart_delay, doubled after each further
+ * failure, at most restart_delay_max (but never less than restart_delay).
+ * Called by a failing worker (shmem.c) with its entry locked: no throw.
+ */
+int
+sequin_cdc_restart_backoff(int failures)
+{
+	int64		delay = sequin_cdc_restart_delay;
+	int64		cap = Max(sequin_cdc_restart_delay_max, sequin_cdc_restart_delay);
+
+	/* from 1 ms when restart_delay is 0: a worker that keeps failing backs off */
+	for (int i = 1; i < failures && delay < cap; i++)
+		delay = Max(delay, 1) * 2;
+	return (int) Min(delay, cap);
+}
 
 /* Launcher-local: the handle of the worker serving each shared entry */
 static BackgroundWorkerHandle **launcher_handles = NULL;
@@ -97,7 +119,8 @@ launcher_entry_for(const char *name, Oid dboid)
 /*
  * One pass: match the sequin_cdc slots in shared memory with worker
  * entries, start what is missing (at most once per restart_delay per
- * slot), forget what is gone.
+ * slot, and not before the backoff of a failing one ends), forget what is
+ * gone.
  */
 static void
 launcher_scan(void)
@@ -143,6 +166,8 @@ launcher_scan(void)
 		if (e->last_start != 0 &&
 			!TimestampDifferenceExceeds(e->last_start, now, sequin_cdc_restart_delay))
 			continue;
+		if (e->failures > 0 && now < e->next_start)
+			continue;			/* backing off */
 		e->last_start = now;
 		launcher_start_capture(idx, name, dboid);
 	}

@@ -59,6 +59,7 @@ typedef struct PluginState
 	BackfillWindowSet *windows;
 	XLogRecPtr	skip_upto;		/* transactions ending here or before are
 								 * written already: decode, but keep no rows */
+	XLogRecPtr	published_upto; /* SEQUIN_CDC_OPTION_PUBLISHED_UPTO */
 	MemoryContext change_cxt;	/* reset after every change */
 	MemoryContext txn_cxt;		/* reset at every transaction start */
 	Jsonb	   *annotations;	/* current transaction's, or NULL */
@@ -124,6 +125,9 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_in
 		else if (strcmp(def->defname, SEQUIN_CDC_OPTION_SKIP_UPTO) == 0)
 			st->skip_upto = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
 															CStringGetDatum(defGetString(def))));
+		else if (strcmp(def->defname, SEQUIN_CDC_OPTION_PUBLISHED_UPTO) == 0)
+			st->published_upto = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
+																 CStringGetDatum(defGetString(def))));
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -180,6 +184,7 @@ plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	st->txn_rows = 0;
 	st->replay_only = txn->end_lsn <= st->skip_upto;
 	st->xid = txn->xid;
+	sequin_cdc_relcache_set_gap_closed(st->relcache, txn->end_lsn < st->published_upto);
 }
 
 /* COMMIT: tell the writer where the transaction ended. */

@@ -47,6 +47,11 @@
 /* Decoding options the capture worker passes */
 #define SEQUIN_CDC_OPTION_PUBLICATION	"publication"
 #define SEQUIN_CDC_OPTION_SKIP_UPTO		"skip_upto"
+#define SEQUIN_CDC_OPTION_PUBLISHED_UPTO	"published_upto"	/* the worker saw
+																 * the publication
+																 * cover every
+																 * retained table
+																 * after this LSN */
 
 typedef enum PluginRecordKind
 {

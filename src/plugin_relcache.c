@@ -53,6 +53,10 @@ struct PluginRelCache
 {
 	char	   *slot_name;
 	char	   *publication;
+	bool		gap_closed;		/* the transaction being decoded ended
+								 * before the worker saw the publication
+								 * cover every retained table (see
+								 * relcache_unpublished) */
 	MemoryContext cxt;			/* RelEntry contexts live under it */
 	HTAB	   *rels;			/* relid -> RelEntry */
 };
@@ -314,12 +318,65 @@ relcache_is_published(Publication *pub, List *candidates)
 }
 
 /*
+ * A relation with retention rules of the slot is not published, in the
+ * catalog as of the change being decoded: the slot's publication was
+ * dropped (has_publication false), or the relation was taken out of it,
+ * after the rules were made (add_change_retention requires it covered).
+ * Skipping its changes would lose them silently, so capture stops here with
+ * an error: the worker records it, backs off and retries, and confirms
+ * nothing past this change.  Once the publication exists again and covers
+ * every retained table, the worker says so (the plugin's
+ * published_upto option, set when the worker checked it, capture.c): for
+ * transactions that ended before that check, the missing publication was
+ * a gap now closed, and the changes are captured by the rules alone, with
+ * every action; such an entry is built again at its next use.
+ */
+static void
+relcache_unpublished(PluginRelCache *cache, RelEntry *e, Relation rel,
+					 bool has_publication)
+{
+	if (cache->gap_closed)
+	{
+		e->pubactions.pubinsert = e->pubactions.pubupdate =
+			e->pubactions.pubdelete = e->pubactions.pubtruncate = true;
+		e->valid = false;
+		return;
+	}
+	if (!has_publication)
+		ereport(ERROR,
+				(errcode(ERRCODE_OPERATOR_INTERVENTION),
+				 errmsg("publication \"%s\" of replication slot \"%s\" was dropped while the slot was in use",
+						cache->publication, cache->slot_name),
+				 errdetail("Table \"%s\" has retention rules of the slot and changed after the drop. Capture stops here; the slot is not confirmed past this change.",
+						   RelationGetRelationName(rel)),
+				 errhint("Create the publication again with sequin_cdc.create_publication(), covering the tables of the slot's rules: capture then resumes with the changes made meanwhile.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OPERATOR_INTERVENTION),
+			 errmsg("table \"%s\" was removed from publication \"%s\" while it has retention rules of replication slot \"%s\"",
+					RelationGetRelationName(rel), cache->publication, cache->slot_name),
+			 errdetail("Capture stops here; the slot is not confirmed past this change."),
+			 errhint("Add the table back with ALTER PUBLICATION ... ADD TABLE, or drop its rules with sequin_cdc.drop_change_retention(): capture then resumes with the changes made meanwhile.")));
+}
+
+/*
+ * Tell the cache whether the transaction about to be decoded ended before
+ * the worker last saw the publication cover every retained table
+ * (relcache_unpublished).
+ */
+void
+sequin_cdc_relcache_set_gap_closed(PluginRelCache *cache, bool gap_closed)
+{
+	cache->gap_closed = gap_closed;
+}
+
+/*
  * Fill entry e for the decoded relation rel, in e->cxt, from the catalog
  * as of the change being decoded: is it published, which rules of the
  * slot take it (its own, or those of the closest-to-root ancestor that has
  * some), and what the reporting needs: the rule source's name, columns
  * and column map, primary key, replica identity and compiled filters.
- * Leaves e->captured false when nothing of rel is kept.
+ * Leaves e->captured false when nothing of rel is kept; a relation with
+ * rules that is not published stops capture (relcache_unpublished).
  */
 static void
 relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
@@ -332,12 +389,11 @@ relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
 	ListCell   *lc,
 			   *lf;
 	Bitmapset  *idattrs;
+	bool		published;
 
 	e->captured = false;
 	pubid = get_publication_oid(cache->publication, true);
-	if (!OidIsValid(pubid))
-		return;
-	pub = GetPublication(pubid);
+	pub = OidIsValid(pubid) ? GetPublication(pubid) : NULL;
 
 	/*
 	 * Candidate rule sources: the root first, down to the relation itself.
@@ -349,19 +405,28 @@ relcache_build_entry(PluginRelCache *cache, RelEntry *e, Relation rel)
 		foreach(lc, get_partition_ancestors(RelationGetRelid(rel)))
 			candidates = lcons_oid(lfirst_oid(lc), candidates);
 	}
-	if (!relcache_is_published(pub, candidates))
-		return;
-	e->pubactions = pub->pubactions;
+	published = pub != NULL && relcache_is_published(pub, candidates);
+	if (published)
+		e->pubactions = pub->pubactions;
+	else if (pub != NULL && pub->alltables)
+		return;					/* left out by EXCEPT (19): a choice */
 
 	e->report_oid = relcache_load_rules(cache, e, candidates, &filters);
 	if (!OidIsValid(e->report_oid) || e->rules == NIL)
 		return;
+	if (!published)
+		relcache_unpublished(cache, e, rel, pub != NULL);
 
 	/* decoding takes no locks: the historic relcache entry, as core does */
 	report_rel = e->report_oid == RelationGetRelid(rel) ? rel :
 		RelationIdGetRelation(e->report_oid);
 	if (!RelationIsValid(report_rel))
-		return;
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not open relation %u, which has retention rules of replication slot \"%s\"",
+						e->report_oid, cache->slot_name),
+				 errdetail("Capture stops here rather than skip the changes of \"%s\"; the slot is not confirmed past this change.",
+						   RelationGetRelationName(rel))));
 
 	e->schema_name = MemoryContextStrdup(e->cxt,
 										 get_namespace_name(RelationGetNamespace(report_rel)));

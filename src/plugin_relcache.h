@@ -67,6 +67,7 @@ extern PluginRelCache *sequin_cdc_relcache_create(MemoryContext parent,
 												  const char *slot_name,
 												  const char *publication);
 extern void sequin_cdc_relcache_destroy(PluginRelCache *cache);
+extern void sequin_cdc_relcache_set_gap_closed(PluginRelCache *cache, bool gap_closed);
 extern RelEntry *sequin_cdc_relcache_get(PluginRelCache *cache, Relation rel);
 extern void sequin_cdc_relcache_values(RelEntry *e, TupleDesc desc, HeapTuple tup,
 									   Datum *values, bool *nulls);

@@ -31,6 +31,7 @@ int			sequin_cdc_batch_changes = 20000;
 int			sequin_cdc_batch_delay = 200;
 int			sequin_cdc_buffer_memory = 8192;
 int			sequin_cdc_restart_delay = 1000;
+int			sequin_cdc_restart_delay_max = 300000;
 int			sequin_cdc_decoding_work_mem = 32768;
 static int	sequin_cdc_max_lag = 1024 * 1024;
 
@@ -69,7 +70,13 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomIntVariable("sequin_cdc.restart_delay",
 							"Time the launcher waits before restarting a capture worker that stopped on an error.",
-							NULL, &sequin_cdc_restart_delay, 1000, 0, 3600000,
+							"After each further failure in a row the wait doubles, up to sequin_cdc.restart_delay_max.",
+							&sequin_cdc_restart_delay, 1000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("sequin_cdc.restart_delay_max",
+							"Longest time the launcher waits before restarting a capture worker that keeps failing.",
+							"The wait starts at sequin_cdc.restart_delay and starts over once the worker makes progress.",
+							&sequin_cdc_restart_delay_max, 300000, 0, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("sequin_cdc.max_lag",
 							"Slot lag above which health() reports a problem.",

@@ -22,11 +22,13 @@ extern int	sequin_cdc_batch_changes;	/* changes per write transaction */
 extern int	sequin_cdc_batch_delay;	/* ms of decoding before a write */
 extern int	sequin_cdc_buffer_memory;	/* kB of rows kept before spilling */
 extern int	sequin_cdc_restart_delay;	/* ms before a failed worker restarts */
+extern int	sequin_cdc_restart_delay_max;	/* ms, the longest backoff */
 extern int	sequin_cdc_decoding_work_mem;	/* kB, logical_decoding_work_mem of
 											 * capture workers, -1 = server's */
 
 /* launcher.c */
 extern PGDLLEXPORT void sequin_cdc_launcher_main(Datum arg);
+extern int	sequin_cdc_restart_backoff(int failures);
 
 /* capture.c */
 extern PGDLLEXPORT void sequin_cdc_capture_main(Datum arg);

@@ -23,7 +23,9 @@
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
+#include "sequin_cdc.h"
 #include "shmem.h"
 
 #define SHMEM_NAME "sequin_cdc"
@@ -203,6 +205,80 @@ sequin_cdc_copy_slot_entries(int *nslots)
 	LWLockRelease(sequin_cdc_shared->lock);
 	*nslots = n;
 	return copy;
+}
+
+/*
+ * A capture worker's attempt failed: record its error in the worker's own
+ * entry e (unless drop_slot has given the entry away meanwhile), count the
+ * failure, and set when the launcher may start the next attempt
+ * (sequin_cdc_restart_backoff).  *failures and *delay_ms say which attempt
+ * this was and how long the launcher will wait.
+ */
+void
+sequin_cdc_record_capture_failure(CaptureSlotShared *e, const char *message,
+								  int sqlstate, int *failures, int *delay_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	*failures = 0;
+	*delay_ms = 0;
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (e->pid == MyProcPid)
+	{
+		e->errors++;
+		e->failures++;
+		e->last_error_time = now;
+		e->last_sqlstate = sqlstate;
+		strlcpy(e->last_error, message, SEQUIN_CDC_ERROR_LEN);
+		*failures = e->failures;
+		*delay_ms = sequin_cdc_restart_backoff(e->failures);
+		e->next_start = TimestampTzPlusMilliseconds(now, *delay_ms);
+	}
+	LWLockRelease(sequin_cdc_shared->lock);
+}
+
+/*
+ * The worker of entry e made progress: the failures are over, the
+ * backoff starts over.  Returns how many attempts had failed in a row.
+ * Cheap when nothing failed: only the owning worker writes failures.
+ */
+int
+sequin_cdc_record_capture_success(CaptureSlotShared *e)
+{
+	int			failures = e->failures;
+
+	if (failures == 0)
+		return 0;
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (e->pid == MyProcPid)
+	{
+		e->failures = 0;
+		e->next_start = 0;
+	}
+	LWLockRelease(sequin_cdc_shared->lock);
+	return failures;
+}
+
+/*
+ * End the backoff of entry idx, if it still serves a slot of database
+ * dboid whose worker failed: the launcher starts the next attempt at its
+ * next pass.  Runs at commit (workers.c): it must not throw.
+ */
+void
+sequin_cdc_retry_capture_now(Oid dboid, int idx)
+{
+	CaptureSlotShared *e;
+
+	if (idx < 0 || idx >= sequin_cdc_shared->nslots)
+		return;
+	e = &sequin_cdc_shared->slots[idx];
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (e->in_use && e->dboid == dboid && e->failures > 0)
+	{
+		e->next_start = 0;
+		e->last_start = 0;
+	}
+	LWLockRelease(sequin_cdc_shared->lock);
 }
 
 /* ----------------------------------------------------------------

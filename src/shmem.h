@@ -35,6 +35,14 @@ typedef enum CaptureState
 } CaptureState;
 
 /*
+ * How pg_stat_capture names a slot whose last attempt failed and has not
+ * succeeded since (CaptureSlotShared.failures > 0), whatever its worker
+ * is doing: the launcher is backing off, or a retry runs.
+ */
+#define SEQUIN_CDC_STATE_ERROR "error"
+
+
+/*
  * One entry per replication slot that the launcher serves.  The launcher
  * assigns entries; the worker owning an entry updates its counters.  All
  * fields are protected by SequinCdcShared->lock, except the counters the
@@ -60,6 +68,10 @@ typedef struct CaptureSlotShared
 	TimestampTz last_error_time;
 	char		last_error[SEQUIN_CDC_ERROR_LEN];
 	bool		retry_parked;	/* retry_parked_changes() was called */
+	int			last_sqlstate;	/* of last_error, as in ErrorData */
+	int			failures;		/* failed attempts since the last success:
+								 * the launcher backs off while > 0 */
+	TimestampTz next_start;		/* no worker is started before (0: now) */
 } CaptureSlotShared;
 
 /*
@@ -100,6 +112,10 @@ extern int	sequin_cdc_request_slot_drop(const char *slot_name);
 extern void sequin_cdc_cancel_slot_drop(int idx);
 extern void sequin_cdc_release_slot_entry(int idx, const char *slot_name);
 extern CaptureSlotShared *sequin_cdc_copy_slot_entries(int *nslots);
+extern void sequin_cdc_record_capture_failure(CaptureSlotShared *e, const char *message,
+											  int sqlstate, int *failures, int *delay_ms);
+extern int	sequin_cdc_record_capture_success(CaptureSlotShared *e);
+extern void sequin_cdc_retry_capture_now(Oid dboid, int idx);
 
 /* The launcher */
 extern void sequin_cdc_launcher_attach(void);

@@ -18,8 +18,12 @@
  *
  * A delivery step is:
  *	 1. a short transaction reads the sink's row and, unless a batch is
- *		already pending, up to batch_size rows after the cursor in seq
- *		order, renders each as its JSON element, and commits;
+ *		already pending, the rows after the cursor in seq order, one at a
+ *		time through a cursor, rendering each as its JSON element, until
+ *		batch_size rows or until the next element would take the batch
+ *		past max_batch_bytes (one change at least), and commits: a
+ *		worker's memory is one batch of elements and one row, whatever
+ *		batch_size and the width of the rows;
  *	 2. no transaction open, the sink's type delivers the batch once (the
  *		webhook type: one POST of {"data": [...]});
  *	 3. after a delivery, a short transaction moves the cursor to the
@@ -122,6 +126,7 @@ enum
 	SW_CONFIG_CURSOR_SEQ,
 	SW_CONFIG_EPOCH,
 	SW_CONFIG_OWNER,
+	SW_CONFIG_MAX_BATCH_BYTES,
 	SW_CONFIG_TYPE_COLUMNS,		/* the type's config_columns from here on */
 };
 
@@ -270,7 +275,8 @@ sw_choose_type(void)
 	(void) sw_plan(&config_plan,
 				   psprintf("SELECT s.name, %s, "
 							"s.change_table::pg_catalog.oid, s.batch_size, s.state, "
-							"s.cursor_seq, s.replay_epoch, s.owner::pg_catalog.oid, %s "
+							"s.cursor_seq, s.replay_epoch, s.owner::pg_catalog.oid, "
+							"s.max_batch_bytes, %s "
 							"FROM sequin_cdc.sinks s WHERE s.id OPERATOR(pg_catalog.=) $1",
 							kind_sql, type->config_columns),
 				   1, argtypes);
@@ -318,6 +324,7 @@ sw_load_config(void)
 	cfg.cursor_seq = DatumGetInt64(SPI_getbinval(t, d, SW_CONFIG_CURSOR_SEQ, &isnull));
 	cfg.epoch = DatumGetInt32(SPI_getbinval(t, d, SW_CONFIG_EPOCH, &isnull));
 	cfg.owner = DatumGetObjectId(SPI_getbinval(t, d, SW_CONFIG_OWNER, &isnull));
+	cfg.max_batch_bytes = DatumGetInt32(SPI_getbinval(t, d, SW_CONFIG_MAX_BATCH_BYTES, &isnull));
 	if (cfg.kind == NULL || strcmp(cfg.kind, sink_type->name) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -464,18 +471,39 @@ sw_prepare_read(void)
 }
 
 /*
+ * Fetch the next row of the batch query's portal, as the sink's owner (the
+ * executor may run the owner's code: row level security policies); false
+ * after the last one.  The row is SPI_tuptable->vals[0].
+ */
+static bool
+sw_fetch_row(Portal portal)
+{
+	SequinUserContext ucxt;
+
+	sequin_cdc_switch_to_user(cfg.owner, &ucxt);
+	SPI_cursor_fetch(portal, true, 1);
+	sequin_cdc_restore_user(&ucxt);
+	return SPI_processed == 1;
+}
+
+/*
  * Read the next batch after the cursor, as the sink's owner, and render
- * its elements.  Inside the step's transaction, SPI connected.
+ * its elements.  Rows come one at a time through a cursor, each rendered
+ * in a context reset after it: the batch stops at batch_size changes, or
+ * before the element that would take it past max_batch_bytes (the first
+ * one always goes, whatever its size).  Inside the step's transaction,
+ * SPI connected.
  */
 static void
 sw_read_batch(void)
 {
 	Datum		args[2];
 	SequinUserContext ucxt;
-	int			rc;
-	uint64		n;
-	SinkBatch  *batch;
+	Portal		portal;
+	SinkBatch  *batch = &pending.batch;
+	MemoryContext row_cxt;
 	MemoryContext old;
+	int			allocated = 0;
 
 	sw_prepare_read();
 
@@ -491,34 +519,56 @@ sw_read_batch(void)
 	args[0] = Int64GetDatum(cfg.cursor_seq);
 	args[1] = Int32GetDatum(cfg.batch_size);
 	sequin_cdc_switch_to_user(cfg.owner, &ucxt);
-	rc = SPI_execute_plan(read_plan, args, NULL, true, 0);
+	portal = SPI_cursor_open(NULL, read_plan, args, NULL, true);
 	sequin_cdc_restore_user(&ucxt);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not read the change table of sink \"%s\"", cfg.name);
-	n = SPI_processed;
-	if (n == 0)
-		return;
 
 	sw_discard_batch();
-	batch = &pending.batch;
 	old = MemoryContextSwitchTo(batch_cxt);
 	initStringInfo(&batch->elements);
-	batch->changes = palloc(sizeof(SinkChange) * n);
 	MemoryContextSwitchTo(old);
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "sequin_cdc sink row",
+									ALLOCSET_DEFAULT_SIZES);
 
-	for (uint64 i = 0; i < n; i++)
+	while (batch->nchanges < cfg.batch_size && sw_fetch_row(portal))
 	{
 		Datum		v[SW_ROW_NCOLUMNS];
 		bool		nulls[SW_ROW_NCOLUMNS];
+		int			len_before = batch->elements.len;
 
+		if (batch->nchanges == allocated)
+		{
+			allocated = allocated == 0 ? 64 : Min(allocated * 2, cfg.batch_size);
+			batch->changes = batch->changes == NULL ?
+				MemoryContextAlloc(batch_cxt, sizeof(SinkChange) * allocated) :
+				repalloc(batch->changes, sizeof(SinkChange) * allocated);
+		}
+		old = MemoryContextSwitchTo(row_cxt);
 		for (int c = 0; c < SW_ROW_NCOLUMNS; c++)
-			v[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+			v[c] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 								 c + 1, &nulls[c]);
-		sw_add_change(&batch->changes[i], v, nulls);
+		sw_add_change(&batch->changes[batch->nchanges], v, nulls);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(row_cxt);
+		SPI_freetuptable(SPI_tuptable);
+
+		if (batch->nchanges > 0 && batch->elements.len > cfg.max_batch_bytes)
+		{
+			/* it goes first in the next batch */
+			batch->elements.len = len_before;
+			batch->elements.data[len_before] = '\0';
+			break;
+		}
+		batch->nchanges++;
 	}
-	batch->nchanges = (int) n;
+	SPI_cursor_close(portal);
+	MemoryContextDelete(row_cxt);
+	if (batch->nchanges == 0)
+	{
+		sw_discard_batch();
+		return;
+	}
 	batch->first_seq = batch->changes[0].seq;
-	batch->last_seq = batch->changes[n - 1].seq;
+	batch->last_seq = batch->changes[batch->nchanges - 1].seq;
 	pending.start_cursor = cfg.cursor_seq;
 	pending.valid = true;
 }

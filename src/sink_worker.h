@@ -32,6 +32,7 @@ typedef struct SinkConfig
 	char	   *kind;			/* the sink type's name */
 	Oid			change_table;
 	int			batch_size;
+	int			max_batch_bytes;	/* a batch stops before passing this */
 	bool		active;
 	int64		cursor_seq;		/* last seq delivered */
 	int32		epoch;			/* bumped by each replay */

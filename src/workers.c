@@ -191,6 +191,7 @@ workers_target(SequinCommitAction action)
 	switch (action)
 	{
 		case SEQUIN_AT_COMMIT_WAKE_LAUNCHER:
+		case SEQUIN_AT_COMMIT_RETRY_CAPTURE:
 			return WORKERS_TARGET_LAUNCHER;
 		case SEQUIN_AT_COMMIT_START_BACKFILL:
 			return WORKERS_TARGET_BACKFILL;
@@ -211,7 +212,7 @@ workers_target_deed(WorkersTarget target)
 	switch (target)
 	{
 		case WORKERS_TARGET_LAUNCHER:
-			return "created a sequin_cdc slot";
+			return "created a sequin_cdc slot or restarted capture";
 		case WORKERS_TARGET_BACKFILL:
 			return "started a backfill";
 		case WORKERS_TARGET_CAPTURE:
@@ -229,6 +230,10 @@ workers_run_action(WorkersPending *p)
 	switch (p->action)
 	{
 		case SEQUIN_AT_COMMIT_WAKE_LAUNCHER:
+			sequin_cdc_wake_launcher();
+			break;
+		case SEQUIN_AT_COMMIT_RETRY_CAPTURE:
+			sequin_cdc_retry_capture_now(MyDatabaseId, (int) p->id);
 			sequin_cdc_wake_launcher();
 			break;
 		case SEQUIN_AT_COMMIT_START_BACKFILL:

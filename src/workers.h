@@ -67,6 +67,8 @@ extern SequinWorkerArg sequin_cdc_worker_init(void);
 typedef enum SequinCommitAction
 {
 	SEQUIN_AT_COMMIT_WAKE_LAUNCHER, /* id: 0 */
+	SEQUIN_AT_COMMIT_RETRY_CAPTURE, /* end the backoff of a failing capture
+									 * worker; id: its slot entry index */
 	SEQUIN_AT_COMMIT_START_BACKFILL,	/* id: backfill id */
 	SEQUIN_AT_COMMIT_START_SINK,	/* start a worker; if one still runs, the
 									 * new one waits for it to exit */

@@ -19,6 +19,12 @@ CREATE FUNCTION sequin_cdc._capture_stats(
 RETURNS SETOF record
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_capture_stats';
 
+CREATE FUNCTION sequin_cdc._capture_failures(
+    OUT slot_name text, OUT last_error_sqlstate text, OUT failed_attempts int,
+    OUT next_attempt_at timestamptz)
+RETURNS SETOF record
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_capture_failures';
+
 -- A table with its partitions (all levels), for coverage and identity checks.
 CREATE FUNCTION sequin_cdc._tree(source regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE

@@ -19,13 +19,17 @@ SELECT s.slot_name::text AS slot_name,
        s.active,
        s.wal_status,
        (SELECT count(*) FROM sequin_cdc.parked_changes p
-         WHERE p.slot_name = s.slot_name) AS parked
+         WHERE p.slot_name = s.slot_name) AS parked,
+       f.last_error_sqlstate,
+       coalesce(f.failed_attempts, 0) AS failed_attempts,
+       f.next_attempt_at
   FROM pg_replication_slots s
   LEFT JOIN pg_database d ON d.oid = s.datoid
   LEFT JOIN sequin_cdc._capture_stats() st ON st.slot_name = s.slot_name::text
+  LEFT JOIN sequin_cdc._capture_failures() f ON f.slot_name = s.slot_name::text
  WHERE s.plugin = 'sequin_cdc' AND s.database = current_database();
 COMMENT ON VIEW sequin_cdc.pg_stat_capture IS
-    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag, last error and parked changes (unresolved).';
+    'One row per sequin_cdc slot of this database: its capture worker, counters, positions, lag, last error (state error while failed attempts are not followed by a success), parked changes (unresolved) and the next attempt while the launcher backs off.';
 
 CREATE FUNCTION sequin_cdc.wait_for_capture(slot name DEFAULT NULL, timeout interval DEFAULT '30 seconds')
 RETURNS bool

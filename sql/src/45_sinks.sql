@@ -33,7 +33,9 @@ CREATE TABLE sequin_cdc.sinks (
     last_http_status int,
     last_error text,
     last_success_at timestamptz,
-    last_failure_at timestamptz
+    last_failure_at timestamptz,
+    -- a batch also stops growing before its elements would pass this size
+    max_batch_bytes int NOT NULL DEFAULT 8388608 CHECK (max_batch_bytes BETWEEN 1024 AND 268435456)
 );
 REVOKE ALL ON sequin_cdc.sinks FROM PUBLIC;
 REVOKE ALL ON SEQUENCE sequin_cdc.sinks_id_seq FROM PUBLIC;
@@ -44,7 +46,7 @@ CREATE POLICY sinks_of_own_roles ON sequin_cdc.sinks
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.sinks', '');
 SELECT pg_catalog.pg_extension_config_dump('sequin_cdc.sinks_id_seq', '');
 COMMENT ON TABLE sequin_cdc.sinks IS
-    'Webhook sinks: endpoint, headers (secret), batch size, timeout, state, cursor (last delivered seq) and delivery statistics. Not readable by PUBLIC; row level security limits other roles to their own sinks.';
+    'Webhook sinks: endpoint, headers (secret), batch size and bytes, timeout, state, cursor (last delivered seq) and delivery statistics. Not readable by PUBLIC; row level security limits other roles to their own sinks.';
 
 CREATE FUNCTION sequin_cdc._sink_check_url(url text) RETURNS void
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_sink_check_url';
@@ -117,7 +119,8 @@ CREATE FUNCTION sequin_cdc.create_webhook_sink(
     change_table regclass DEFAULT 'sequin_cdc.changes',
     headers jsonb DEFAULT '{}',
     batch_size int DEFAULT 100,
-    timeout_ms int DEFAULT 5000)
+    timeout_ms int DEFAULT 5000,
+    max_batch_bytes int DEFAULT 8388608)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -187,6 +190,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'It is the longest one request may take, in milliseconds; the default is 5000.';
     END IF;
+    IF max_batch_bytes IS NULL OR max_batch_bytes < 1024 OR max_batch_bytes > 268435456 THEN
+        RAISE EXCEPTION 'max_batch_bytes must be between 1024 and 268435456, not %', coalesce(max_batch_bytes::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is the most bytes of changes sent in one request (a single larger change is sent alone); the default is 8388608 (8 MB).';
+    END IF;
     IF EXISTS (SELECT 1 FROM sequin_cdc.sinks k WHERE k.name = create_webhook_sink.name) THEN
         RAISE EXCEPTION 'sink "%" already exists', name
             USING ERRCODE = 'duplicate_object',
@@ -197,9 +205,11 @@ BEGIN
     -- what the change table already holds.
     EXECUTE format('SELECT coalesce(max(seq), 0) FROM %s', change_table) INTO start_seq;
     BEGIN
-        INSERT INTO sequin_cdc.sinks AS k (name, url, change_table, headers, batch_size, timeout_ms, cursor_seq)
+        INSERT INTO sequin_cdc.sinks AS k (name, url, change_table, headers, batch_size, timeout_ms, cursor_seq,
+                                           max_batch_bytes)
         VALUES (create_webhook_sink.name, create_webhook_sink.url, create_webhook_sink.change_table,
-                v_headers, create_webhook_sink.batch_size, create_webhook_sink.timeout_ms, start_seq)
+                v_headers, create_webhook_sink.batch_size, create_webhook_sink.timeout_ms, start_seq,
+                create_webhook_sink.max_batch_bytes)
         RETURNING k.id INTO sink_id;
     EXCEPTION WHEN unique_violation THEN
         -- a sink of another role, which row level security hides
@@ -211,8 +221,8 @@ BEGIN
     RETURN sink_id;
 END
 $fn$;
-COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, int, int) IS
-    'Creates a webhook sink: a background worker POSTs the changes committed to change_table from now on, in seq order, up to batch_size per request, as {"data": [...]} with the given headers; each request may take timeout_ms. Returns the sink id.';
+COMMENT ON FUNCTION sequin_cdc.create_webhook_sink(text, text, regclass, jsonb, int, int, int) IS
+    'Creates a webhook sink: a background worker POSTs the changes committed to change_table from now on, in seq order, up to batch_size changes and about max_batch_bytes per request (a single larger change goes alone), as {"data": [...]} with the given headers; each request may take timeout_ms. Returns the sink id.';
 
 CREATE FUNCTION sequin_cdc.drop_sink(name text) RETURNS void
 LANGUAGE plpgsql

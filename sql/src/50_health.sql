@@ -302,6 +302,7 @@ BEGIN
     RETURN QUERY SELECT * FROM sequin_cdc._health_wal_level();
     RETURN QUERY SELECT * FROM sequin_cdc._health_output_plugin();
     RETURN QUERY SELECT * FROM sequin_cdc._health_slots();
+    RETURN QUERY SELECT * FROM sequin_cdc._health_capture_errors();
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_rules();
     RETURN QUERY SELECT * FROM sequin_cdc._health_retention_policies();
     RETURN QUERY SELECT * FROM sequin_cdc._health_sinks();
