@@ -399,10 +399,10 @@ plugin_render(PluginRender *r, PluginParking *parking)
 		plugin_render_step(r);
 		return;
 	}
-	if (sequin_cdc_try(plugin_render_step, r, &parking->render_error))
+	if (sequin_cdc_try_decoding(plugin_render_step, r, &parking->render_error))
 		return;
 	r->changes = NULL;
-	if (sequin_cdc_try(plugin_columns_step, r, &ignored))
+	if (sequin_cdc_try_decoding(plugin_columns_step, r, &ignored))
 		parking->columns = r->record;
 	r->record = NULL;
 }

@@ -16,7 +16,8 @@
  * (sequin_cdc_error_is_systemic): a connection, serialization, resource,
  * operator or internal error is not the change's fault, and stops the
  * worker as before; everything else raised while filtering, rendering or
- * writing one change parks it.  sequin_cdc_try() runs such a step in a
+ * writing one change parks it (and, while decoding, a plain internal
+ * error too: sequin_cdc_try_decoding).  sequin_cdc_try() runs such a step in a
  * subtransaction, the way a PL/pgSQL exception block does; callers use it
  * only off the happy path (rules with a filter, rows that may not render,
  * a batch that failed).
@@ -91,9 +92,16 @@ sequin_cdc_error_is_systemic(int sqlerrcode)
  * raised an error about the change; a systemic error is thrown on (as a
  * PL/pgSQL block without a matching handler does).  What the step did is
  * rolled back when it fails.
+ *
+ * While decoding (filtering and rendering), a plain internal error
+ * (XX000, elog(ERROR)) is about the change too: the step runs only the
+ * row, the rule and the historic catalog, so it fails the same way every
+ * time (e.g. a type's output function or cast in PL/pgSQL, which cannot run
+ * its queries under logical decoding); thrown on, it would stop the slot
+ * for good.  Corruption (XX001, XX002) stays systemic.
  */
-bool
-sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error)
+static bool
+parked_try(SequinTryStep step, void *arg, ErrorData **error, bool decoding)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -118,13 +126,28 @@ sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		if (sequin_cdc_error_is_systemic(edata->sqlerrcode))
+		if (sequin_cdc_error_is_systemic(edata->sqlerrcode) &&
+			!(decoding && edata->sqlerrcode == ERRCODE_INTERNAL_ERROR))
 			ReThrowError(edata);
 		*error = edata;
 		ok = false;
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/* A step of writing or retrying one change, run by parked_try(). */
+bool
+sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error)
+{
+	return parked_try(step, arg, error, false);
+}
+
+/* A step of filtering or rendering one change while decoding. */
+bool
+sequin_cdc_try_decoding(SequinTryStep step, void *arg, ErrorData **error)
+{
+	return parked_try(step, arg, error, true);
 }
 
 /* The name of a parking stage, as parked_changes.stage holds it. */

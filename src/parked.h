@@ -35,6 +35,7 @@ extern bool sequin_cdc_error_is_systemic(int sqlerrcode);
 /* A step about one change, run by sequin_cdc_try() */
 typedef void (*SequinTryStep) (void *arg);
 extern bool sequin_cdc_try(SequinTryStep step, void *arg, ErrorData **error);
+extern bool sequin_cdc_try_decoding(SequinTryStep step, void *arg, ErrorData **error);
 
 extern void sequin_cdc_park(const char *slot_name, const BufferedChange *c,
 							char stage, int sqlerrcode, const char *message);

@@ -200,7 +200,7 @@ relcache_build_filter(RelEntry *e, RetentionRule *rule, Relation report_rel,
 	RelcacheFilterBuild b = {e, rule, report_rel, filter};
 	ErrorData  *edata = NULL;
 
-	if (sequin_cdc_try(relcache_build_filter_step, &b, &edata))
+	if (sequin_cdc_try_decoding(relcache_build_filter_step, &b, &edata))
 		return;
 	rule->filter = NULL;
 	rule->filter_broken = true;
@@ -628,7 +628,7 @@ sequin_cdc_relcache_accept(RelEntry *e, int action, Oid change_table,
 		accepted[i] = (rule->actions & action) &&
 			(!OidIsValid(change_table) || rule->change_table == change_table);
 		if (accepted[i] && use_filters && rule->filter != NULL &&
-			!sequin_cdc_try(relcache_filter_step, &call, &failed[i]))
+			!sequin_cdc_try_decoding(relcache_filter_step, &call, &failed[i]))
 			accepted[i] = false;
 		else if (accepted[i] && use_filters)
 			accepted[i] = call.accepts;

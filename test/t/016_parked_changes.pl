@@ -293,5 +293,34 @@ is( $node->safe_psql('postgres', q{
 		 WHERE source_table_name = 'moody'}),
 	'{"m": "ok", "id": 2}', 'the next row of the table is captured');
 
+# a cast to json in PL/pgSQL that runs a query: decoding has no snapshot
+# for it, and the error is internal (XX000), the same for every row; it
+# parks the change (thrown on, it would stop the slot for good)
+$node->safe_psql('postgres', q{
+	CREATE TYPE hue AS ENUM ('red', 'blue');
+	CREATE FUNCTION hue_json(h hue) RETURNS json LANGUAGE plpgsql AS $$
+	BEGIN
+		RETURN to_json((SELECT h::text));
+	END
+	$$;
+	CREATE CAST (hue AS json) WITH FUNCTION hue_json(hue);
+	CREATE TABLE tinted (id bigint PRIMARY KEY, h hue);
+	ALTER TABLE tinted REPLICA IDENTITY FULL;
+	ALTER PUBLICATION pk_pub ADD TABLE tinted;
+});
+$node->safe_psql('postgres', q{SELECT sequin_cdc.add_change_retention('tinted', slot => 'pk')});
+$node->safe_psql('postgres', q{INSERT INTO tinted VALUES (1, 'red')});
+$node->safe_psql('postgres', 'INSERT INTO good VALUES (9, 9)');
+ok(SequinNode::wait_for_capture($node), 'caught up past the PL/pgSQL cast');
+is( $node->safe_psql('postgres', q{
+		SELECT format('%s|%s|%s|%s', stage, record_pk, sqlstate, record_columns)
+		  FROM sequin_cdc.parked_changes WHERE source_table_name = 'tinted'}),
+	'render|1|XX000|{"h": "red", "id": "1"}',
+	'an internal error while rendering parks the change, with each column\'s text');
+is( $node->safe_psql('postgres', q{
+		SELECT string_agg(record_pk, ',' ORDER BY seq) FROM sequin_cdc.changes
+		 WHERE source_table_name = 'good' AND seq > (SELECT max(seq) - 1 FROM sequin_cdc.changes)}),
+	'9', 'and the slot goes on');
+
 $node->stop;
 done_testing();
