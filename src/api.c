@@ -197,23 +197,59 @@ api_check_replaces(Name slot, Name replaces)
 
 /*
  * The new slot takes over the configuration of "replaces" (checked by
- * api_check_replaces): its retention rules and backfills now name the new
- * slot, and the old row goes.  In the transaction that records the slot.
+ * api_check_replaces): its retention rules and running backfills now name
+ * the new slot (finished backfills keep the name they ran under), and the
+ * old row goes.  In the transaction that records the slot.
+ *
+ * The old row is deleted first, and must still be there: that row lock
+ * orders two sessions taking over the same configuration (or one dropping
+ * it), so the second errors, and its new slot is dropped, instead of
+ * leaving a slot with nothing to capture.  Under the lock, the slot of
+ * that name must still not be in this database (a create_slot of it may
+ * have run since the check).
  */
 static void
 api_take_over_configuration(Name slot, Name replaces)
 {
 	Oid			argtypes[2] = {NAMEOID, NAMEOID};
 	Datum		args[2] = {NameGetDatum(slot), NameGetDatum(replaces)};
+	uint64		taken;
+	ReplicationSlot *s;
+	bool		here;
+
+	SPI_connect();
+	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $2",
+						  2, argtypes, args, NULL, false, 0);
+	taken = SPI_processed;
+	SPI_finish();
+	if (taken != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the configuration of slot \"%s\" was removed or taken over meanwhile",
+						NameStr(*replaces)),
+				 errdetail("Another session ran drop_slot() or create_slot(..., replaces => '%s') at the same time; nothing was changed.",
+						   NameStr(*replaces)),
+				 errhint("sequin_cdc.slots and sequin_cdc.change_retention show which slot has the rules now.")));
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(NameStr(*replaces), false);
+	here = s != NULL && s->data.database == MyDatabaseId;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (here)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("slot \"%s\" is a slot of this database", NameStr(*replaces)),
+				 errdetail("It was created while this slot was being created; nothing was changed."),
+				 errhint("Keep using slot \"%s\", or drop it first with sequin_cdc.drop_slot().",
+						 NameStr(*replaces))));
 
 	SPI_connect();
 	SPI_execute_with_args("UPDATE " SEQUIN_CDC_SCHEMA "." SEQUIN_CDC_RULES_TABLE
 						  " SET slot_name = $1 WHERE slot_name = $2",
 						  2, argtypes, args, NULL, false, 0);
 	SPI_execute_with_args("UPDATE " SEQUIN_CDC_BACKFILLS_QUALIFIED
-						  " SET slot_name = $1 WHERE slot_name = $2",
-						  2, argtypes, args, NULL, false, 0);
-	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $2",
+						  " SET slot_name = $1 WHERE slot_name = $2"
+						  " AND state = '" SEQUIN_CDC_BACKFILL_RUNNING "'",
 						  2, argtypes, args, NULL, false, 0);
 	SPI_finish();
 }
