@@ -54,7 +54,6 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/message.h"
-#include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
@@ -98,62 +97,14 @@ typedef struct BackfillJob
 } BackfillJob;
 
 /*
- * Errors unless the slot of backfill "id" is a sequin_cdc slot of this
- * database.  Only that slot's capture worker writes the chunks the backfill
- * worker hands over through the WAL, and a slot decodes the WAL of its own
- * database only: without it (a restored database before create_slot, a
- * slot dropped under its rules) the backfill would run to 'completed' and
- * write nothing.
- */
-static void
-backfill_require_slot_here(int64 id)
-{
-	Oid			argtypes[1] = {INT8OID};
-	Datum		args[1] = {Int64GetDatum(id)};
-	char	   *slot_name = NULL;
-	ReplicationSlot *s;
-	bool		here = false;
-
-	SPI_connect();
-	if (SPI_execute_with_args("SELECT slot_name::text FROM " SEQUIN_CDC_BACKFILLS_QUALIFIED
-							  " WHERE id = $1",
-							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-	{
-		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-		slot_name = v ? MemoryContextStrdup(TopTransactionContext, v) : NULL;
-	}
-	SPI_finish();
-	if (slot_name == NULL)
-		return;					/* no such row: the worker finds nothing to do */
-
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	s = SearchNamedReplicationSlot(slot_name, false);
-	here = s != NULL && s->data.database == MyDatabaseId &&
-		strcmp(NameStr(s->data.plugin), SEQUIN_CDC_PLUGIN) == 0;
-	LWLockRelease(ReplicationSlotControlLock);
-	if (!here)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("slot \"%s\" of the retention rules is not a sequin_cdc slot of this database",
-						slot_name),
-				 errdetail("A backfill is written by the capture worker of its slot; without the slot it would write nothing."),
-				 errhint("Create the slot first (sequin_cdc.health() gives the call; in a restored copy: SELECT sequin_cdc.create_slot('<new name>', '<publication>', replaces => '%s');), then backfill.",
-						 slot_name)));
-}
-
-/*
  * _start_backfill(id): called by backfill() for the row it just inserted;
  * the worker starts when that row is committed.  It takes the role to read
- * as from the backfill's row, never from who started it.  Refused, and
- * backfill() with it, unless the backfill's slot is here.
+ * as from the backfill's row, never from who started it.
  */
 Datum
 sequin_cdc_start_backfill(PG_FUNCTION_ARGS)
 {
 	sequin_cdc_require_preload();
-	backfill_require_slot_here(PG_GETARG_INT64(0));
 	sequin_cdc_at_commit(SEQUIN_AT_COMMIT_START_BACKFILL, PG_GETARG_INT64(0));
 	PG_RETURN_VOID();
 }

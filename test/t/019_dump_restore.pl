@@ -278,7 +278,7 @@ is( $node->safe_psql('r_custom_1', q{
 
 # a backfill needs the slot here: before create_slot nothing would write it
 ($rc, $o, $e) = $node->psql('r_custom_j', q{SELECT sequin_cdc.backfill('t', 'public.ct2')});
-like($e, qr/slot "s1" of the retention rules is not a sequin_cdc slot of this database.*replaces => 's1'/s,
+like($e, qr/slot "s1" of the retention rules of "public.t" is not a sequin_cdc slot of this database.*replaces => 's1'/s,
 	'backfill() before create_slot in a restored database is refused, with the call to make');
 is($node->safe_psql('r_custom_j', q{SELECT count(*) FROM sequin_cdc.backfills}),
 	'1', 'and no backfill row was added');
