@@ -153,6 +153,30 @@ api_check_slots_table_privilege(const char *slot_name, AclMode privs, const char
 }
 
 /*
+ * Errors if "replaces" is a replication slot of this database: its
+ * configuration is in use, not left over from a restore.  "detail" says
+ * when that was found.
+ */
+static void
+api_refuse_replacing_slot_here(Name replaces, const char *detail)
+{
+	ReplicationSlot *s;
+	bool		here;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	s = SearchNamedReplicationSlot(NameStr(*replaces), false);
+	here = s != NULL && s->data.database == MyDatabaseId;
+	LWLockRelease(ReplicationSlotControlLock);
+	if (here)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("slot \"%s\" is a slot of this database", NameStr(*replaces)),
+				 errdetail_internal("%s", detail),
+				 errhint("Keep using slot \"%s\", or drop it first with sequin_cdc.drop_slot().",
+						 NameStr(*replaces))));
+}
+
+/*
  * Errors unless "replaces" names configuration of this database whose slot
  * is not here: a row of sequin_cdc.slots without a replication slot of that
  * name in this database.  That is what a restored database has (slot names
@@ -164,8 +188,6 @@ api_check_replaces(Name slot, Name replaces)
 {
 	Oid			argtypes[1] = {NAMEOID};
 	Datum		args[1] = {NameGetDatum(replaces)};
-	ReplicationSlot *s;
-	Oid			slot_db;
 	bool		configured;
 
 	if (namestrcmp(slot, NameStr(*replaces)) == 0)
@@ -186,23 +208,38 @@ api_check_replaces(Name slot, Name replaces)
 				 errmsg("this database has no configuration of slot \"%s\"", NameStr(*replaces)),
 				 errhint("replaces => names a row of sequin_cdc.slots whose slot is not in this database (as after a restore); sequin_cdc.health() lists them.")));
 
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	s = SearchNamedReplicationSlot(NameStr(*replaces), false);
-	slot_db = s ? s->data.database : InvalidOid;
-	LWLockRelease(ReplicationSlotControlLock);
-	if (s != NULL && slot_db == MyDatabaseId)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("slot \"%s\" is a slot of this database", NameStr(*replaces)),
-				 errdetail("replaces => takes over the configuration of a slot that is not in this database, as after a restore."),
-				 errhint("Keep using slot \"%s\", or drop it first with sequin_cdc.drop_slot().",
-						 NameStr(*replaces))));
+	api_refuse_replacing_slot_here(replaces,
+								   _("replaces => takes over the configuration of a slot that is not in this database, as after a restore."));
+}
+
+/* Delete a slot's row in sequin_cdc.slots; returns rows deleted. */
+static uint64
+api_delete_slot_row(Name slot)
+{
+	Oid			argtypes[1] = {NAMEOID};
+	Datum		args[1] = {NameGetDatum(slot)};
+	uint64		n;
+
+	SPI_connect();
+	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $1",
+						  1, argtypes, args, NULL, false, 0);
+	n = SPI_processed;
+	SPI_finish();
+	return n;
 }
 
 /*
  * The new slot takes over the configuration of "replaces" (checked by
- * api_check_replaces): its retention rules and backfills now name the new
- * slot, and the old row goes.  In the transaction that records the slot.
+ * api_check_replaces): its retention rules and running backfills now name
+ * the new slot (finished backfills keep the name they ran under), and the
+ * old row goes.  In the transaction that records the slot.
+ *
+ * The old row is deleted first, and must still be there: that row lock
+ * orders two sessions taking over the same configuration (or one dropping
+ * it), so the second errors, and its new slot is dropped, instead of
+ * leaving a slot with nothing to capture.  Under the lock, the slot of
+ * that name must still not be in this database (a create_slot of it may
+ * have run since the check).
  */
 static void
 api_take_over_configuration(Name slot, Name replaces)
@@ -210,14 +247,25 @@ api_take_over_configuration(Name slot, Name replaces)
 	Oid			argtypes[2] = {NAMEOID, NAMEOID};
 	Datum		args[2] = {NameGetDatum(slot), NameGetDatum(replaces)};
 
+	if (api_delete_slot_row(replaces) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the configuration of slot \"%s\" was removed or taken over meanwhile",
+						NameStr(*replaces)),
+				 errdetail("Another session ran drop_slot() or create_slot(..., replaces => '%s') at the same time; nothing was changed.",
+						   NameStr(*replaces)),
+				 errhint("sequin_cdc.slots and sequin_cdc.change_retention show which slot has the rules now.")));
+
+	api_refuse_replacing_slot_here(replaces,
+								   _("It was created while this slot was being created; nothing was changed."));
+
 	SPI_connect();
 	SPI_execute_with_args("UPDATE " SEQUIN_CDC_SCHEMA "." SEQUIN_CDC_RULES_TABLE
 						  " SET slot_name = $1 WHERE slot_name = $2",
 						  2, argtypes, args, NULL, false, 0);
 	SPI_execute_with_args("UPDATE " SEQUIN_CDC_BACKFILLS_QUALIFIED
-						  " SET slot_name = $1 WHERE slot_name = $2",
-						  2, argtypes, args, NULL, false, 0);
-	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $2",
+						  " SET slot_name = $1 WHERE slot_name = $2"
+						  " AND state = '" SEQUIN_CDC_BACKFILL_RUNNING "'",
 						  2, argtypes, args, NULL, false, 0);
 	SPI_finish();
 }
@@ -393,22 +441,6 @@ sequin_cdc_create_slot(PG_FUNCTION_ARGS)
 	 */
 	sequin_cdc_at_commit(SEQUIN_AT_COMMIT_WAKE_LAUNCHER, 0);
 	PG_RETURN_LSN(lsn);
-}
-
-/* Delete a slot's row in sequin_cdc.slots; returns rows deleted. */
-static uint64
-api_delete_slot_row(Name slot)
-{
-	Oid			argtypes[1] = {NAMEOID};
-	Datum		args[1] = {NameGetDatum(slot)};
-	uint64		n;
-
-	SPI_connect();
-	SPI_execute_with_args("DELETE FROM " SEQUIN_CDC_SLOTS_QUALIFIED " WHERE slot_name = $1",
-						  1, argtypes, args, NULL, false, 0);
-	n = SPI_processed;
-	SPI_finish();
-	return n;
 }
 
 /*

@@ -71,6 +71,16 @@ BEGIN
                   DETAIL = 'A backfill writes read rows into the change tables of the table''s retention rules.',
                   HINT = format('Add one first with sequin_cdc.add_change_retention(%L).', source::text);
     END IF;
+    -- only the slot's capture worker writes the chunks, and a slot decodes
+    -- its own database: without it the backfill would complete, unwritten
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                    WHERE s.slot_name = v_slot AND s.plugin = 'sequin_cdc'
+                      AND s.database = current_database()) THEN
+        RAISE EXCEPTION 'slot "%" of the retention rules of "%" is not a sequin_cdc slot of this database', v_slot, source
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A backfill is written by the capture worker of the rules'' slot; without it the backfill would write nothing.',
+                  HINT = format('Create the slot first (sequin_cdc.health() gives the call; in a restored copy: SELECT sequin_cdc.create_slot(''<new name>'', ''<publication>'', replaces => %L);), then backfill.', v_slot);
+    END IF;
     PERFORM sequin_cdc._require_select(source, format('permission denied for table %s', source),
         'A backfill reads the table as the role that calls backfill().');
     IF NOT has_table_privilege('sequin_cdc.backfills', 'SELECT, INSERT') THEN

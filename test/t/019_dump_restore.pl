@@ -205,7 +205,7 @@ is( $node->safe_psql('r_plain',
 		q{SELECT (SELECT string_agg(slot_name, ',') FROM sequin_cdc.slots) || ' '
 		      || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.change_retention) || ' '
 		      || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.backfills)}),
-	's1_r s1_r s1_r', 'the new slot took over the rules and backfills');
+	's1_r s1_r s1', 'the new slot took over the rules; the finished backfill keeps its slot name');
 isnt(SequinNode::wait_for_worker($node, 's1_r', db => 'r_plain', timeout => 30),
 	'', 'the restored database has its own worker');
 $node->safe_psql('r_plain', q{
@@ -258,6 +258,69 @@ is( $node->safe_psql('r_custom_1', q{
 		    || (SELECT string_agg(slot_name, ',') FROM sequin_cdc.slots) || ' '
 		    || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.change_retention)}),
 	'0 s1 s1', 'no slot left behind, the configuration unchanged');
+
+# a role that owns what the rules write (and ran only finished backfills)
+# takes the configuration over: finished backfills are not moved, which the
+# backfill guard refuses to a non-superuser
+$node->safe_psql('r_custom_1', q{
+	DELETE FROM sequin_cdc.change_retention WHERE change_table = 'sequin_cdc.changes'::regclass;
+	ALTER TABLE t OWNER TO repl;
+	ALTER TABLE ct2 OWNER TO repl;
+});
+($rc, $o, $e) = $node->psql('r_custom_1', q{SET ROLE repl;
+	SELECT sequin_cdc.create_slot('s_repl', 'p1', replaces => 's1');});
+is($rc, 0, 'replaces => as the owner of the rules\' change tables succeeds') or diag($e);
+is( $node->safe_psql('r_custom_1', q{
+		SELECT (SELECT string_agg(slot_name, ',') FROM sequin_cdc.slots) || ' '
+		    || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.change_retention) || ' '
+		    || (SELECT string_agg(DISTINCT slot_name || ':' || state, ',') FROM sequin_cdc.backfills)}),
+	's_repl s_repl s1:completed', 'it took the rules over; the finished backfill stays as it ran');
+
+# a backfill needs the slot here: before create_slot nothing would write it
+($rc, $o, $e) = $node->psql('r_custom_j', q{SELECT sequin_cdc.backfill('t', 'public.ct2')});
+like($e, qr/slot "s1" of the retention rules of "public.t" is not a sequin_cdc slot of this database.*replaces => 's1'/s,
+	'backfill() before create_slot in a restored database is refused, with the call to make');
+is($node->safe_psql('r_custom_j', q{SELECT count(*) FROM sequin_cdc.backfills}),
+	'1', 'and no backfill row was added');
+
+# two sessions taking the same configuration over at once: one wins, the
+# other errors and leaves no slot (the rules' table is locked so that both
+# are under way before either commits)
+my $locker = $node->background_psql('r_custom_j');
+$locker->query_safe(q{BEGIN; LOCK TABLE sequin_cdc.change_retention IN EXCLUSIVE MODE;});
+my %race;
+for my $s (qw(s_a s_b))
+{
+	my ($out, $err) = ('', '');
+	$race{$s} = { out => \$out, err => \$err };
+	$race{$s}{h} = IPC::Run::start(
+		[ 'psql', '-X', '-h', $node->host, '-p', $node->port, '-d', 'r_custom_j', '-c',
+		  "SELECT sequin_cdc.create_slot('$s', 'p1', replaces => 's1')" ],
+		'<', \undef, '>', \$out, '2>', \$err);
+	my $waiting = $s eq 's_a' ? 1 : 2;
+	ok( SequinNode::poll_until($node, 'postgres', qq{
+			SELECT count(*) = $waiting FROM pg_stat_activity
+			 WHERE datname = 'r_custom_j' AND wait_event_type = 'Lock' AND query LIKE '%create_slot%'},
+			timeout => 60),
+		"create_slot('$s', replaces => 's1') is under way");
+}
+$locker->query_safe('COMMIT');
+$locker->quit;
+my @won;
+for my $s (qw(s_a s_b))
+{
+	$race{$s}{h}->finish;
+	push @won, $s if $race{$s}{h}->result == 0 && ${ $race{$s}{err} } eq '';
+}
+is(scalar(@won), 1, 'exactly one of two concurrent takeovers succeeds');
+like(join(' ', map { ${ $race{$_}{err} } } qw(s_a s_b)),
+	qr/the configuration of slot "s1" was removed or taken over meanwhile/,
+	'the other says the configuration was taken over meanwhile');
+is( $node->safe_psql('r_custom_j', q{
+		SELECT (SELECT string_agg(slot_name, ',') FROM pg_replication_slots WHERE slot_name IN ('s_a', 's_b')) || ' '
+		    || (SELECT string_agg(slot_name, ',') FROM sequin_cdc.slots) || ' '
+		    || (SELECT string_agg(DISTINCT slot_name, ',') FROM sequin_cdc.change_retention)}),
+	"$won[0] $won[0] $won[0]", 'one slot left, and it has the configuration');
 
 # drop_slot of a restored configuration removes the configuration only
 ($rc, $o, $e) = $node->psql('r_custom', q{SELECT sequin_cdc.drop_slot('s1')});
