@@ -249,6 +249,20 @@ sequin_cdc_init_range_table(EState *estate, RangeTblEntry *rte)
 	build_attrmap_by_name_if_req((indesc), (outdesc))
 #endif
 
+/* ---- table access ---- */
+
+/*
+ * A sequential scan of a table with the given snapshot.  19 added a flags
+ * argument to table_beginscan.
+ */
+#if PG_VERSION_NUM >= 190000
+#define sequin_cdc_table_beginscan(rel, snapshot) \
+	table_beginscan((rel), (snapshot), 0, NULL, 0)
+#else
+#define sequin_cdc_table_beginscan(rel, snapshot) \
+	table_beginscan((rel), (snapshot), 0, NULL)
+#endif
+
 /* ---- tuple descriptors ---- */
 
 /* Is the column a virtual generated column (new in 18; not stored)? */

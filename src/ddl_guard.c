@@ -70,6 +70,7 @@
 #include "utils/syscache.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "ddl_guard.h"
 #include "run_as.h"
 #include "sequin_cdc.h"
@@ -151,7 +152,7 @@ ddl_table_values(const char *relname, AttrNumber attnum)
 	getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid,
 					  &typoutput, &typisvarlena);
 	snap = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snap, 0, NULL);
+	scan = sequin_cdc_table_beginscan(rel, snap);
 	slot = table_slot_create(rel, NULL);
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
