@@ -10,7 +10,9 @@
  * whose removals are drops of pg_publication_rel and
  * pg_publication_namespace entries), and every change of a publication's
  * options (and, from the statement itself, publication renames).  Unlike
- * an event trigger it cannot be switched off.  It only
+ * an event trigger it cannot be switched off (only a superuser's
+ * session_replication_role = replica lets publication changes past, as
+ * it does triggers).  It only
  * takes note: what it saw is judged when the statement is over (a
  * ProcessUtility hook), by sequin_cdc._ddl_guard_check() in SQL, which
  * then sees the catalogs as the statement left them.  That way a table
@@ -52,6 +54,7 @@
 #include "catalog/pg_publication_rel.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -406,6 +409,21 @@ ddl_judge_notes(void)
 	notes_taken = false;
 	if (!IsTransactionState() || !OidIsValid(ddl_guarded_extension()))
 		return;
+
+	/*
+	 * session_replication_role = replica (superuser only) lets a statement
+	 * past the publication checks, as it does triggers and event triggers:
+	 * the way to take a publication from under a slot on purpose.  Capture
+	 * then stops loudly at the first change it can no longer decode (state
+	 * error), confirming nothing past it.  Dropped tables are still judged.
+	 */
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+	{
+		n.publications = NIL;
+		n.table_pubs = n.table_rels = NIL;
+		n.schema_pubs = n.schema_nsps = NIL;
+		n.altered_pubs = NIL;
+	}
 
 	/* (the lookup too: the role may lack USAGE on our schema) */
 	sequin_cdc_switch_to_user(BOOTSTRAP_SUPERUSERID, &ucxt);
