@@ -2094,7 +2094,12 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc.create_kafka_sink(text, text, text, regclass, text, jsonb, int) IS
     'Creates a Kafka sink: a background worker produces each change committed to change_table from now on as one message (value: the change''s JSON element; key: record_pk, table or none; headers idempotency_key, action, table, seq) to topic ({schema} and {table} replaced) on the brokers, with an idempotent producer configured by the librdkafka properties, at least once and in seq order per key, up to batch_size changes per step. Returns the sink id.';
 
--- pg_stat_sinks: a Kafka sink's endpoint is its broker list; its type
+CREATE FUNCTION sequin_cdc._sink_in_flight(OUT sink_id bigint, OUT in_flight int)
+RETURNS SETOF record
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_sink_in_flight';
+
+-- pg_stat_sinks: a Kafka sink's endpoint is its broker list; its type;
+-- how many changes the batch being delivered holds
 CREATE OR REPLACE VIEW sequin_cdc.pg_stat_sinks AS
 SELECT s.id,
        s.name,
@@ -2117,11 +2122,13 @@ SELECT s.id,
        s.timeout_ms,
        s.owner::text AS owner,
        s.created_at,
-       s.type
+       s.type,
+       coalesce(f.in_flight, 0) AS in_flight
   FROM sequin_cdc.sinks s
-  LEFT JOIN sequin_cdc._sink_workers() w ON w.sink_id = s.id;
+  LEFT JOIN sequin_cdc._sink_workers() w ON w.sink_id = s.id
+  LEFT JOIN sequin_cdc._sink_in_flight() f ON f.sink_id = s.id;
 COMMENT ON VIEW sequin_cdc.pg_stat_sinks IS
-    'One row per sink: state (active, paused), worker pid, endpoint (a webhook''s URL without credentials or query, kafka://brokers), cursor seq, backlog, delivered changes, requests, failed attempts, consecutive failures, last HTTP status, last error, the times of the last failure and success, and the type (webhook, kafka). Never shows headers or Kafka properties.';
+    'One row per sink: state (active, paused), worker pid, endpoint (a webhook''s URL without credentials or query, kafka://brokers), cursor seq, backlog, delivered changes, requests, failed attempts, consecutive failures, last HTTP status, last error, the times of the last failure and success, the type (webhook, kafka) and the changes in flight (in the batch being delivered). Never shows headers or Kafka properties.';
 ------------------------------------------------------------------------------
 -- health(): one function a check, health() their rows in a fixed order
 --

@@ -412,6 +412,19 @@ sequin_cdc_sink_detach(int idx)
 	LWLockRelease(sequin_cdc_shared->lock);
 }
 
+/*
+ * Publish how many changes the batch being delivered holds (0 when the
+ * delivery is over), for pg_stat_sinks.in_flight.
+ */
+void
+sequin_cdc_sink_set_in_flight(int idx, int n)
+{
+	LWLockAcquire(sequin_cdc_shared->lock, LW_EXCLUSIVE);
+	if (sequin_cdc_shared->sinks[idx].pid == MyProcPid)
+		sequin_cdc_shared->sinks[idx].in_flight = n;
+	LWLockRelease(sequin_cdc_shared->lock);
+}
+
 /* Does a worker run for this sink of that database? */
 bool
 sequin_cdc_sink_running(Oid dboid, int64 sink_id)

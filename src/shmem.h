@@ -87,6 +87,8 @@ typedef struct SinkShared
 	int64		sink_id;
 	pid_t		pid;
 	Latch	   *latch;
+	int			in_flight;		/* changes of the batch being delivered
+								 * (0 between deliveries) */
 } SinkShared;
 
 typedef struct SequinCdcShared
@@ -128,6 +130,7 @@ extern void sequin_cdc_origin_name(const char *slot_name, char *buf, size_t len)
 /* Sink registry */
 extern int	sequin_cdc_sink_attach(int64 sink_id);
 extern void sequin_cdc_sink_detach(int idx);
+extern void sequin_cdc_sink_set_in_flight(int idx, int n);
 extern bool sequin_cdc_sink_running(Oid dboid, int64 sink_id);
 extern bool sequin_cdc_signal_sink(Oid dboid, int64 sink_id, bool stop);
 extern void sequin_cdc_copy_sink_entries(SinkShared *copy);

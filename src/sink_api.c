@@ -45,6 +45,7 @@ PG_FUNCTION_INFO_V1(sequin_cdc_sink_start);
 PG_FUNCTION_INFO_V1(sequin_cdc_sink_wake);
 PG_FUNCTION_INFO_V1(sequin_cdc_sink_stop);
 PG_FUNCTION_INFO_V1(sequin_cdc_sink_workers);
+PG_FUNCTION_INFO_V1(sequin_cdc_sink_in_flight);
 
 /* ----------------------------------------------------------------
  * URL checks (create_webhook_sink) and the endpoint shown by
@@ -151,9 +152,12 @@ sequin_cdc_sink_stop(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* _sink_workers(): (sink_id, pid) of the running sink workers of this database */
-Datum
-sequin_cdc_sink_workers(PG_FUNCTION_ARGS)
+/*
+ * One row per running sink worker of this database: (sink_id, pid), or
+ * (sink_id, in_flight) when in_flight.
+ */
+static Datum
+sapi_sink_entries(FunctionCallInfo fcinfo, bool in_flight)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	SinkShared	copy[SEQUIN_CDC_MAX_SINKS];
@@ -171,10 +175,27 @@ sequin_cdc_sink_workers(PG_FUNCTION_ARGS)
 		if (!copy[i].in_use || copy[i].dboid != MyDatabaseId)
 			continue;
 		values[0] = Int64GetDatum(copy[i].sink_id);
-		values[1] = Int32GetDatum(copy[i].pid);
+		values[1] = Int32GetDatum(in_flight ? copy[i].in_flight : copy[i].pid);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* _sink_workers(): (sink_id, pid) of the running sink workers of this database */
+Datum
+sequin_cdc_sink_workers(PG_FUNCTION_ARGS)
+{
+	return sapi_sink_entries(fcinfo, false);
+}
+
+/*
+ * _sink_in_flight(): (sink_id, in_flight) of the running sink workers of
+ * this database: how many changes the batch being delivered holds.
+ */
+Datum
+sequin_cdc_sink_in_flight(PG_FUNCTION_ARGS)
+{
+	return sapi_sink_entries(fcinfo, true);
 }
 
 /*

@@ -174,6 +174,7 @@ static MemoryContext deliver_cxt;	/* reset before each attempt */
 static bool cfg_loaded = false;
 static bool started_logged = false;
 static int	failures = 0;		/* consecutive failed steps */
+static int	sw_registry_idx = -1;	/* this worker's entry in the sink registry */
 
 static SPIPlanPtr config_plan = NULL;
 static SPIPlanPtr read_plan = NULL;
@@ -776,7 +777,9 @@ sw_step(void)
 	memset(&r, 0, sizeof(r));
 	MemoryContextReset(deliver_cxt);
 	old = MemoryContextSwitchTo(deliver_cxt);
+	sequin_cdc_sink_set_in_flight(sw_registry_idx, pending.batch.nchanges);
 	sink_type->deliver(type_state, &cfg, &pending.batch, &r);
+	sequin_cdc_sink_set_in_flight(sw_registry_idx, 0);
 	MemoryContextSwitchTo(old);
 	if (!PostmasterIsAlive())
 		proc_exit(1);
@@ -812,6 +815,8 @@ sw_step_guarded(void)
 		return step;
 
 	sw_discard_batch();
+	if (sw_registry_idx >= 0)
+		sequin_cdc_sink_set_in_flight(sw_registry_idx, 0);
 	if (read_plan != NULL)
 	{
 		SPI_freeplan(read_plan);
@@ -916,7 +921,7 @@ sw_attach(void)
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   SINK_ATTACH_WAIT_MS);
 
-	while (sequin_cdc_sink_attach(cfg.id) < 0)
+	while ((sw_registry_idx = sequin_cdc_sink_attach(cfg.id)) < 0)
 	{
 		if (!sequin_cdc_sink_running(MyDatabaseId, cfg.id))
 		{

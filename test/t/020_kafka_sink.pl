@@ -231,9 +231,13 @@ wait_until('the worker waits for the brokers', sub {
 	$node->safe_psql('postgres', q{
 		SELECT count(*) FROM pg_stat_activity
 		 WHERE backend_type LIKE 'sequin_cdc sink%' AND query = 'producing a batch'}) eq '1' });
+my $in_flight = sink_stat('in_flight');
+ok($in_flight > 0 && $in_flight <= sink_stat('backlog'),
+	"pg_stat_sinks.in_flight: the batch waiting for the brokers ($in_flight changes, within the backlog)");
 usleep(2_000_000);
 brokers_up();
 check_delivery('brokers down and up');
+is(sink_stat('in_flight'), '0', 'pg_stat_sinks.in_flight: 0 once delivered');
 
 # ---------------------------------------------------------------------------
 # kill -9 of the sink worker, then an immediate shutdown, mid-backlog
