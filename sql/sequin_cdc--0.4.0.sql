@@ -1947,31 +1947,7 @@ $fn$;
 COMMENT ON FUNCTION sequin_cdc._sink_backlog(bigint) IS
     'Internal: changes waiting after a sink''s cursor; null unless the caller can see the sink and read its change table.';
 
-CREATE VIEW sequin_cdc.pg_stat_sinks AS
-SELECT s.id,
-       s.name,
-       s.state,
-       w.pid AS worker_pid,
-       sequin_cdc._sink_endpoint(s.url) AS endpoint,
-       s.change_table::text AS change_table,
-       s.cursor_seq,
-       sequin_cdc._sink_backlog(s.id) AS backlog,
-       s.delivered,
-       s.requests,
-       s.failed_attempts,
-       s.consecutive_failures,
-       s.last_http_status,
-       s.last_error,
-       s.last_failure_at,
-       s.last_success_at,
-       s.batch_size,
-       s.timeout_ms,
-       s.owner::text AS owner,
-       s.created_at
-  FROM sequin_cdc.sinks s
-  LEFT JOIN sequin_cdc._sink_workers() w ON w.sink_id = s.id;
-COMMENT ON VIEW sequin_cdc.pg_stat_sinks IS
-    'One row per webhook sink: state (active, paused), worker pid, endpoint (without credentials or query), cursor seq, backlog, delivered changes, requests, failed attempts, consecutive failures, last HTTP status, last error and the times of the last failure and success. Never shows headers.';
+-- pg_stat_sinks: see 47_sink_kafka.sql (it shows every type of sink)
 
 ------------------------------------------------------------------------------
 -- Kafka sinks (delivered by the sink workers, src/sink_kafka.c)
@@ -2098,9 +2074,9 @@ CREATE FUNCTION sequin_cdc._sink_in_flight(OUT sink_id bigint, OUT in_flight int
 RETURNS SETOF record
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_sink_in_flight';
 
--- pg_stat_sinks: a Kafka sink's endpoint is its broker list; its type;
--- how many changes the batch being delivered holds
-CREATE OR REPLACE VIEW sequin_cdc.pg_stat_sinks AS
+-- pg_stat_sinks, one row per sink: a Kafka sink's endpoint is its broker
+-- list; its type; how many changes the batch being delivered holds
+CREATE VIEW sequin_cdc.pg_stat_sinks AS
 SELECT s.id,
        s.name,
        s.state,

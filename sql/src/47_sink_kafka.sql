@@ -123,9 +123,9 @@ CREATE FUNCTION sequin_cdc._sink_in_flight(OUT sink_id bigint, OUT in_flight int
 RETURNS SETOF record
 LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'sequin_cdc_sink_in_flight';
 
--- pg_stat_sinks: a Kafka sink's endpoint is its broker list; its type;
--- how many changes the batch being delivered holds
-CREATE OR REPLACE VIEW sequin_cdc.pg_stat_sinks AS
+-- pg_stat_sinks, one row per sink: a Kafka sink's endpoint is its broker
+-- list; its type; how many changes the batch being delivered holds
+CREATE VIEW sequin_cdc.pg_stat_sinks AS
 SELECT s.id,
        s.name,
        s.state,
