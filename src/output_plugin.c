@@ -37,6 +37,7 @@
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "backfill_window.h"
 #include "change_buffer.h"
@@ -371,6 +372,30 @@ plugin_columns_step(void *arg)
 }
 
 /*
+ * The two steps above as run for a row that may fail to render: such a row
+ * has a user-defined type, and to_jsonb may call that type's cast to json,
+ * which may be a SQL or PL/pgSQL function.  Those expect an active
+ * snapshot, which decoding does not set: the historic one is pushed (as
+ * GetTransactionSnapshot() returns it while decoding), and popped by the
+ * subtransaction's abort if the step fails.
+ */
+static void
+plugin_render_step_snapshot(void *arg)
+{
+	PushActiveSnapshot(GetTransactionSnapshot());
+	plugin_render_step(arg);
+	PopActiveSnapshot();
+}
+
+static void
+plugin_columns_step_snapshot(void *arg)
+{
+	PushActiveSnapshot(GetTransactionSnapshot());
+	plugin_columns_step(arg);
+	PopActiveSnapshot();
+}
+
+/*
  * Render a row (PluginRender).  A row that may fail to render (row_json.c
  * says which) is rendered in a subtransaction: when it fails, parking
  * gets the error, and each column's text as far as that can be had.
@@ -399,10 +424,10 @@ plugin_render(PluginRender *r, PluginParking *parking)
 		plugin_render_step(r);
 		return;
 	}
-	if (sequin_cdc_try_decoding(plugin_render_step, r, &parking->render_error))
+	if (sequin_cdc_try_decoding(plugin_render_step_snapshot, r, &parking->render_error))
 		return;
 	r->changes = NULL;
-	if (sequin_cdc_try_decoding(plugin_columns_step, r, &ignored))
+	if (sequin_cdc_try_decoding(plugin_columns_step_snapshot, r, &ignored))
 		parking->columns = r->record;
 	r->record = NULL;
 }
