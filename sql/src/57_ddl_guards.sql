@@ -90,24 +90,29 @@ BEGIN
     END LOOP;
 
     -- a retained table no longer in the publication of its rule's slot
-    SELECT cr.id, cr.source_table, s.slot_name, s.publication INTO r
-      FROM sequin_cdc.change_retention cr
-      JOIN sequin_cdc.slots s ON s.slot_name = cr.slot_name
-      JOIN pg_publication p ON p.pubname = s.publication
-     WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = cr.source_table)
-       AND (EXISTS (SELECT 1 FROM unnest(table_pubs, table_rels) x(pub, rel)
-                     WHERE x.pub = p.oid AND x.rel IN (SELECT sequin_cdc._related(cr.source_table)))
-            OR EXISTS (SELECT 1 FROM unnest(schema_pubs, schema_nsps) x(pub, nsp)
-                         JOIN pg_class c ON c.relnamespace = x.nsp
-                        WHERE x.pub = p.oid AND c.oid IN (SELECT sequin_cdc._related(cr.source_table))))
-       AND NOT sequin_cdc._publication_covers(s.publication, cr.source_table)
-     ORDER BY cr.id LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'table % would no longer be in publication "%" of sequin_cdc slot "%"',
-                        r.source_table, r.publication, r.slot_name
-            USING ERRCODE = 'dependent_objects_still_exist',
-                  DETAIL = format('Retention rule %s keeps its changes; they would no longer be captured.', r.id),
-                  HINT = format('Remove the rule first with SELECT sequin_cdc.drop_change_retention(%s);', r.id);
+    -- (only when entries left a publication: _publication_covers() opens
+    -- the publication's tables, and a plain DROP TABLE of one of them must
+    -- not wait for the others, which concurrent drops hold)
+    IF cardinality(table_pubs) > 0 OR cardinality(schema_pubs) > 0 THEN
+        SELECT cr.id, cr.source_table, s.slot_name, s.publication INTO r
+          FROM sequin_cdc.change_retention cr
+          JOIN sequin_cdc.slots s ON s.slot_name = cr.slot_name
+          JOIN pg_publication p ON p.pubname = s.publication
+         WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = cr.source_table)
+           AND (EXISTS (SELECT 1 FROM unnest(table_pubs, table_rels) x(pub, rel)
+                         WHERE x.pub = p.oid AND x.rel IN (SELECT sequin_cdc._related(cr.source_table)))
+                OR EXISTS (SELECT 1 FROM unnest(schema_pubs, schema_nsps) x(pub, nsp)
+                             JOIN pg_class c ON c.relnamespace = x.nsp
+                            WHERE x.pub = p.oid AND c.oid IN (SELECT sequin_cdc._related(cr.source_table))))
+           AND NOT sequin_cdc._publication_covers(s.publication, cr.source_table)
+         ORDER BY cr.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'table % would no longer be in publication "%" of sequin_cdc slot "%"',
+                            r.source_table, r.publication, r.slot_name
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      DETAIL = format('Retention rule %s keeps its changes; they would no longer be captured.', r.id),
+                      HINT = format('Remove the rule first with SELECT sequin_cdc.drop_change_retention(%s);', r.id);
+        END IF;
     END IF;
 
     -- a publish option that no longer includes an action a rule keeps
