@@ -29,7 +29,9 @@
 #       raw write    INSERT ... SELECT of the same change rows, pre-built in
 #                    an unlogged table, into an empty change table
 #     All three slots are created before the backlog, so they decode the same
-#     WAL.  Rate = real row changes (pg_stat_user_tables) / seconds.  orders
+#     WAL.  Rate = real row changes (pg_stat_user_tables) / seconds (for
+#     sequin_cdc also its worker's CPU, utime+stime from its start until
+#     caught up, per change: less noisy on a shared machine).  orders
 #     is vacuumed and a checkpoint taken (untimed) before each contestant.
 #     Before any run, ~1.5 GB of WAL is written and recycled (WARM_WAL_MB):
 #     on a new cluster the first run otherwise pays for creating WAL segment
@@ -252,7 +254,7 @@ perf_works() {
 # ---------------------------------------------------------------------------
 drain_run() { # run-label [perf]
     local label="$1" profile="${2:-0}"
-    local c0 c1 changes t0 t1 secs rows pid perfpid=""
+    local c0 c1 changes t0 t1 secs rows pid perfpid="" cpu=""
 
     reset_state
     create_sequin_slot
@@ -284,6 +286,9 @@ drain_run() { # run-label [perf]
     fi
     capture_wait '1 hour'
     t1="$(now)"
+    # the worker's CPU since it started (at the reload): it is still running
+    pid="$(worker_pid)"
+    [[ -z "$pid" ]] || cpu="$(calc "$(cpu_ticks "$pid") / $(getconf CLK_TCK)")"
     if [[ -n "$perfpid" ]]; then
         kill -INT "$perfpid" 2>/dev/null || true
         wait "$perfpid" 2>/dev/null || true
@@ -291,13 +296,14 @@ drain_run() { # run-label [perf]
     secs="$(elapsed "$t0" "$t1")"
     rows="$(sql -c "SELECT count(*) FROM order_changes")"
     [[ "$rows" == "$changes" ]] || note "WARNING: sequin_cdc wrote $rows change rows for $changes row changes"
-    note "drain $label: sequin_cdc $(fmt "$secs" 2) s -> $(fmt "$(calc "$changes / $secs")") changes/s"
+    note "drain $label: sequin_cdc $(fmt "$secs" 2) s -> $(fmt "$(calc "$changes / $secs")") changes/s${cpu:+, worker CPU $(fmt "$cpu" 2) s = $(fmt "$(calc "$cpu * 1e6 / $changes")" 2) us/change}"
     if [[ "$profile" == 1 ]]; then
         return 0
     fi
     record drain_changes "$changes"
     record drain_sequin "$(calc "$changes / $secs")"
     record drain_sequin_s "$secs"
+    [[ -z "$cpu" ]] || record drain_sequin_cpu_us "$(calc "$cpu * 1e6 / $changes")"
     [[ "$DRAIN_PEERS" == 1 ]] || return 0
 
     # DIY wal2json drain
@@ -668,7 +674,7 @@ report() {
     echo
     echo "### Single runs"
     local k
-    for k in drain_changes drain_sequin drain_sequin_s drain_diy drain_decode drain_write \
+    for k in drain_changes drain_sequin drain_sequin_s drain_sequin_cpu_us drain_diy drain_decode drain_write \
         online_slot online_sequin online_trigger online_ratio_sequin online_ratio_trigger \
         online_slot_wcpu online_sequin_wcpu online_slot_mcpu online_sequin_mcpu online_trigger_mcpu \
         online_lag_p50 online_lag_p99 online_lag_max online_stale_p50 online_stale_p99 online_stale_max online_drained_ms; do
